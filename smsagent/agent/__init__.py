@@ -1,0 +1,1 @@
+"""The control loop: schedule, state machine, durable state, handler registry."""

@@ -1,0 +1,1 @@
+"""A local SMS-compatible control plane for development, tests and the demo."""

@@ -1,0 +1,1 @@
+"""Facts about this server, shaped as the SMS registration body."""

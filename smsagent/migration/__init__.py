@@ -1,0 +1,1 @@
+"""The local migration work: pipeline, rsync runner, target session, progress."""

@@ -1,0 +1,1 @@
+"""Placeholder; the handler lands with the handler registry."""

@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from enum import Enum
 from typing import Callable, Final, Optional, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
@@ -115,8 +116,8 @@ def parse_query(raw_query: str) -> list[tuple[str, str]]:
 def query_pairs(params: Mapping[str, object]) -> list[tuple[str, str]]:
     """Render typed query parameters the way the SDK does.
 
-    `None` is dropped, booleans become `true`/`false`, and a list or tuple repeats its key once
-    per item.
+    `None` is dropped, booleans become `true`/`false`, enums their value, and a list or tuple
+    repeats its key once per item.
     """
     pairs: list[tuple[str, str]] = []
     for key, value in params.items():
@@ -126,7 +127,11 @@ def query_pairs(params: Mapping[str, object]) -> list[tuple[str, str]]:
 
 
 def _query_value(value: object) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Enum):
+        return str(value.value)
+    return str(value)
 
 
 def _header_ignore_case(headers: Mapping[str, str], name: str) -> Optional[str]:

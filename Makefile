@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 # libsystemd-dev and pkg-config to build systemd-python.
 SYSTEM_PACKAGES := rsync openssh-server openssh-client iproute2 acl attr \
 	lvm2 btrfs-progs xfsprogs dosfstools fdisk parted util-linux \
-	debootstrap systemd-container libsystemd-dev pkg-config gcc python3-dev rpm
+	debootstrap systemd-container libsystemd-dev pkg-config gcc python3-dev rpm openssl
 
 .PHONY: test lint unit demo system-deps venv clean
 

@@ -15,7 +15,7 @@ SYSTEM_PACKAGES := rsync openssh-server openssh-client iproute2 acl attr \
 	lvm2 btrfs-progs xfsprogs dosfstools fdisk parted util-linux \
 	debootstrap systemd-container libsystemd-dev pkg-config gcc python3-dev rpm openssl
 
-.PHONY: test lint unit demo system-deps venv clean
+.PHONY: test lint unit demo system-deps venv clean package test-matrix
 
 test: system-deps $(STAMP) lint
 	$(PY) -m pytest -q
@@ -53,6 +53,15 @@ $(STAMP): pyproject.toml tests/plugins/fsplugin/pyproject.toml | system-deps
 	$(PIP) install -q -e '.[test,systemd]'
 	$(PIP) install -q -e tests/plugins/fsplugin
 	touch $(STAMP)
+
+# The .deb and .rpm (nfpm) into dist/: smsagent and its wheels for CPython 3.9-3.13 on x86_64.
+package: $(STAMP)
+	$(PY) packaging/build.py --dist dist
+
+# Unit, integration and interop tests under every pyenv CPython 3.9-3.13 on this machine, each
+# in its own .venv-3.X; fails if any version fails.
+test-matrix: system-deps
+	sh tests/system/matrix.sh 3.9 3.10 3.11 3.12 3.13
 
 clean:
 	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,66 @@
+#!/bin/sh
+# Runs the unit, integration and interop tests under each CPython version given (pyenv
+# interpreters), each in its own virtual environment .venv-<version>. Versions without an
+# interpreter on this machine are reported and left out; the run fails if any version fails or
+# none was found.
+#
+# Usage: tests/system/matrix.sh 3.9 3.10 ...
+set -u
+cd "$(dirname "$0")/../.."
+
+TESTS="tests/unit tests/integration tests/interop"
+PYENV_ROOT=$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")
+
+# The newest pyenv CPython X.Y.Z for X.Y (not free-threaded or other variants).
+find_python() {
+	ls -d "$PYENV_ROOT"/versions/"$1".*/bin/python 2>/dev/null |
+		grep -E "/versions/$1\.[0-9]+/bin/python\$" | sort -V | tail -n 1
+}
+
+# Create .venv-X.Y and install the project with its test extras, again when pyproject changes.
+prepare_venv() {
+	venv=.venv-$1
+	stamp=$venv/.installed
+	if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] &&
+		[ "$stamp" -nt tests/plugins/fsplugin/pyproject.toml ]; then
+		return 0
+	fi
+	rm -rf "$venv"
+	"$2" -m venv "$venv" &&
+		"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip &&
+		"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,systemd]' &&
+		"$venv/bin/python" -m pip install -q --disable-pip-version-check -e tests/plugins/fsplugin &&
+		touch "$stamp"
+}
+
+summary=""
+failed=0
+found=0
+for version in "$@"; do
+	python=$(find_python "$version")
+	if [ -z "$python" ]; then
+		summary="$summary\n  $version: no interpreter under $PYENV_ROOT/versions, not run"
+		continue
+	fi
+	found=$((found + 1))
+	echo "== Python $version ($python)"
+	if ! prepare_venv "$version" "$python"; then
+		summary="$summary\n  $version: FAILED to install the project into .venv-$version"
+		failed=$((failed + 1))
+		continue
+	fi
+	# shellcheck disable=SC2086 # TESTS is a list of paths
+	if ".venv-$version/bin/python" -m pytest -q -p no:cacheprovider $TESTS; then
+		summary="$summary\n  $version: passed"
+	else
+		summary="$summary\n  $version: FAILED"
+		failed=$((failed + 1))
+	fi
+done
+
+printf "== test matrix:%b\n" "$summary"
+if [ "$found" -eq 0 ]; then
+	echo "no Python interpreter found for: $*" >&2
+	exit 1
+fi
+[ "$failed" -eq 0 ]

@@ -1,0 +1,116 @@
+"""Child processes of the data movers: a minimal environment, bounded capture, the stop sequence."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import signal
+from collections import deque
+from typing import Final, Optional
+
+# The environment a mover's child gets. Nothing else is inherited: the agent's own environment
+# may hold credentials, and a child's environment is readable in /proc by its owner.
+DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+STDERR_TAIL_LINES: Final = 50
+STDERR_LINE_BYTES: Final = 1024
+READ_CHUNK_BYTES: Final = 65536
+
+
+def minimal_env(path: str = DEFAULT_PATH) -> dict[str, str]:
+    """The whole environment of a mover's child: `PATH`, the C locale and the user's `HOME`.
+
+    `LC_ALL=C` keeps rsync's numbers free of locale separators, so its output parses the same
+    on every server.
+    """
+    try:
+        home = pwd.getpwuid(os.geteuid()).pw_dir or "/"
+    except KeyError:
+        home = "/"
+    return {"PATH": path, "LC_ALL": "C", "LANG": "C", "HOME": home}
+
+
+class LineTail:
+    """The last lines of a byte stream, bounded in count and in line length.
+
+    Args:
+        max_lines: lines kept; older ones are dropped.
+        max_line_bytes: a longer line is cut to this many bytes.
+    """
+
+    def __init__(self, max_lines: int = STDERR_TAIL_LINES, max_line_bytes: int = STDERR_LINE_BYTES):
+        self._lines: deque[str] = deque(maxlen=max_lines)
+        self._max_line_bytes = max_line_bytes
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        """Add a chunk; keep its complete lines, hold a trailing partial line for the next one."""
+        data = self._partial + chunk
+        *complete, self._partial = data.split(b"\n")
+        for raw in complete:
+            self._keep(raw)
+        if len(self._partial) > self._max_line_bytes:
+            # A line that never ends must not grow without bound.
+            self._keep(self._partial)
+            self._partial = b""
+
+    def close(self) -> None:
+        """Keep the trailing partial line, if any."""
+        if self._partial:
+            self._keep(self._partial)
+            self._partial = b""
+
+    def lines(self) -> list[str]:
+        """The kept lines, oldest first."""
+        return list(self._lines)
+
+    def _keep(self, raw: bytes) -> None:
+        line = raw[: self._max_line_bytes].rstrip(b"\r").decode("utf-8", "backslashreplace")
+        if line.strip():
+            self._lines.append(line)
+
+
+async def drain_into(stream: Optional[asyncio.StreamReader], tail: LineTail) -> None:
+    """Read a child's pipe to its end into `tail`, so a full pipe never blocks the child."""
+    if stream is None:
+        return
+    while chunk := await stream.read(READ_CHUNK_BYTES):
+        tail.feed(chunk)
+    tail.close()
+
+
+def kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the child's whole process group (the child leads it: `start_new_session=True`)."""
+    # The group may be gone already (PermissionError: its id now names a foreign group).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def terminate_leader(proc: asyncio.subprocess.Process) -> bool:
+    """SIGTERM only the group's leader; False when it has already exited."""
+    if proc.returncode is not None:
+        return False
+    try:
+        proc.send_signal(signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def stop_process(proc: asyncio.subprocess.Process, grace_s: float) -> None:
+    """Stop a child that leads its own process group and reap it.
+
+    The leader gets SIGTERM first so that it can wind down (rsync then tells its remote side to
+    keep the partial file); after `grace_s`, or once the leader is gone, the whole group gets
+    SIGKILL so no helper (ssh) outlives it.
+    """
+    terminate_leader(proc)
+    try:
+        await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=grace_s)
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        kill_group(proc)
+        await proc.wait()

@@ -1,0 +1,1 @@
+"""Test support: real servers and fixtures' building blocks shared by the test suites."""

@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 # tools for inventory tests, debootstrap and nspawn for the systemd tests,
 # libsystemd-dev and pkg-config to build systemd-python.
 SYSTEM_PACKAGES := rsync openssh-server openssh-client iproute2 acl attr \
-	lvm2 btrfs-progs xfsprogs dosfstools fdisk parted util-linux \
+	lvm2 btrfs-progs xfsprogs dosfstools fusefat fdisk parted util-linux \
 	debootstrap systemd-container libsystemd-dev pkg-config gcc python3-dev rpm openssl
 
 .PHONY: test lint unit demo system-deps venv clean package test-matrix

@@ -1,0 +1,110 @@
+"""The emulator's own API under `/_emulator/`: inspect state, switch faults, drive the console.
+
+It is not signed and sees no faults, so keep the emulator on a loopback address. Calls:
+
+* `GET /_emulator/health` -> `{"status": "ok"}`.
+* `GET /_emulator/state` -> the state dump:
+  `sources` and `tasks` (as ShowServer and ShowTask show them);
+  `commands` (every command queued, oldest first, with `state` pending | delivered | done |
+  superseded | dropped, `delivery_count`, `delivered_at`, `completed_at`);
+  `command_results`, `progress`, `changestates`, `actions` (what was received, in arrival order,
+  each with `received_at` in epoch seconds);
+  `requests` (per `METHOD /route/{param}`: `count`, `statuses` by code, `at` epoch seconds;
+  status 0 is a connection reset); `faults`, `faults_injected`, `options`.
+* `GET /_emulator/faults` -> the fault settings.
+* `PUT /_emulator/faults` with `latency_s`, `error_rate` (0..1), `error_status` (500 | 503),
+  `retry_after_s` (integer seconds, or null for no header), `reset_rate`, `malformed_rate`,
+  `expire_tokens`, `path_pattern` (regex on the path), `max_faults` (stop after this many) ->
+  the new settings. The body replaces the settings: fields left out are off.
+* `POST /_emulator/reset` -> `{}`: every source, task, command, journal and request count is
+  forgotten and the faults go back to the start-up flags.
+* `POST /_emulator/tasks` with a CreateTask body -> `{"id"}`, as `POST /v3/tasks`.
+* `POST /_emulator/tasks/{task_id}/action` with `{"operation"}` -> `{}`, as the SMS action.
+* `PUT /_emulator/tasks/{task_id}/certkey` with the ShowCertKey fields (`private_key`, `cert`,
+  `ca`, `target_*`) and an optional `passphrase` -> `{}`.
+* `POST /_emulator/sources/{source_id}/command` with `{"command_name", "command_param"}` -> the
+  queued command (any command, e.g. `UPLOAD_LOG` or `TASK_HAS_FINISHED`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from smsagent.api.enums import CommandName
+from smsagent.api.models import PostTask, UpdateTaskStatusReq
+from smsagent.emulator.app import body_of, ok, path_id
+from smsagent.emulator.faults import FaultSettings
+from smsagent.emulator.runtime import Emulator
+from smsagent.emulator.taskdata import CertKeyUpdate
+
+PREFIX = "/_emulator"
+
+
+class QueuedCommand(BaseModel):
+    """Body of `POST /_emulator/sources/{id}/command`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command_name: CommandName
+    command_param: dict[str, Any] = Field(default_factory=dict)
+
+
+class AdminRoutes:
+    """Routes that inspect and steer one `Emulator`."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self._emulator = emulator
+
+    def routes(self) -> list[web.RouteDef]:
+        """Every admin route, to add to an application."""
+        return [
+            web.get(PREFIX + "/health", self.health),
+            web.get(PREFIX + "/state", self.state),
+            web.get(PREFIX + "/faults", self.show_faults),
+            web.put(PREFIX + "/faults", self.set_faults),
+            web.post(PREFIX + "/reset", self.reset),
+            web.post(PREFIX + "/tasks", self.create_task),
+            web.post(PREFIX + "/tasks/{task_id}/action", self.action),
+            web.put(PREFIX + "/tasks/{task_id}/certkey", self.set_cert_key),
+            web.post(PREFIX + "/sources/{source_id}/command", self.queue_command),
+        ]
+
+    async def health(self, request: web.Request) -> web.Response:
+        return ok({"status": "ok"})
+
+    async def state(self, request: web.Request) -> web.Response:
+        return ok(self._emulator.state())
+
+    async def show_faults(self, request: web.Request) -> web.Response:
+        return ok(self._emulator.faults.settings.model_dump(mode="json"))
+
+    async def set_faults(self, request: web.Request) -> web.Response:
+        self._emulator.set_faults(await body_of(request, FaultSettings))
+        return await self.show_faults(request)
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self._emulator.reset()
+        return ok({})
+
+    async def create_task(self, request: web.Request) -> web.Response:
+        return ok(self._emulator.plane.create_task(await body_of(request, PostTask)))
+
+    async def action(self, request: web.Request) -> web.Response:
+        task_id = path_id(request, "task_id")
+        body = await body_of(request, UpdateTaskStatusReq)
+        return ok(self._emulator.plane.action(task_id, body))
+
+    async def set_cert_key(self, request: web.Request) -> web.Response:
+        task_id = path_id(request, "task_id")
+        body = await body_of(request, CertKeyUpdate)
+        return ok(self._emulator.plane.set_cert_key(task_id, body))
+
+    async def queue_command(self, request: web.Request) -> web.Response:
+        source_id = path_id(request, "source_id")
+        body = await body_of(request, QueuedCommand)
+        return ok(
+            self._emulator.plane.queue_command(source_id, body.command_name, body.command_param)
+        )

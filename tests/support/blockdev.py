@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -105,7 +106,8 @@ class BlockLab:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.tag = f"{PREFIX}{secrets.token_hex(3)}"
+        # The PID in every name lets sweep_stale() tell a dead run's leftovers from a live run's.
+        self.tag = f"{PREFIX}{os.getpid()}x{secrets.token_hex(2)}"
         self._undo: list[tuple[str, Callable[[], object]]] = []
 
     def loop_disk(
@@ -118,31 +120,15 @@ class BlockLab:
         self._undo.append((f"remove {image}", lambda: image.unlink(missing_ok=True)))
         path = run("losetup", "--find", "--show", "--partscan", str(image)).strip()
         self._undo.append((f"detach {path}", lambda: run("losetup", "--detach", path)))
-        script = "".join(f"size={p.size_mib}MiB, type={p.type_code}\n" for p in parts)
-        subprocess.run(
-            ["sfdisk", "--quiet", path],
-            input=f"label: {table}\n{script}",
-            text=True,
-            env=_ENV,
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        _sfdisk([path], f"label: {table}\n{_script(parts)}")
         names = tuple(f"{path}p{number}" for number in range(1, len(parts) + 1))
         wait_for_nodes(path, names)
         return LoopDisk(path, image, names)
 
     def add_partition(self, disk: LoopDisk, part: Partition) -> LoopDisk:
         """Append a partition in the free space after the last one."""
-        subprocess.run(
-            ["sfdisk", "--quiet", "--append", disk.path],
-            input=f"size={part.size_mib}MiB, type={part.type_code}\n",
-            text=True,
-            env=_ENV,
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        # A mounted partition makes the kernel refuse a full re-read; partx adds the new one.
+        _sfdisk(["--append", "--no-reread", "--no-tell-kernel", disk.path], _script([part]))
         names = (*disk.partitions, f"{disk.path}p{len(disk.partitions) + 1}")
         wait_for_nodes(disk.path, names)
         return LoopDisk(disk.path, disk.image, names)
@@ -206,6 +192,25 @@ class BlockLab:
             raise RuntimeError("cleanup failed: " + "; ".join(failures))
 
 
+def _script(parts: Sequence[Partition]) -> str:
+    return "".join(f"size={p.size_mib}MiB, type={p.type_code}\n" for p in parts)
+
+
+def _sfdisk(args: Sequence[str], script: str) -> None:
+    done = subprocess.run(
+        ["sfdisk", "--quiet", *args],
+        input=script,
+        text=True,
+        env=_ENV,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        msg = f"sfdisk {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}"
+        raise RuntimeError(msg)
+
+
 def wait_for_nodes(disk: str, names: Sequence[str], timeout_s: float = 10.0) -> None:
     """Wait until the kernel made the partition nodes; ask it again if they are slow."""
     deadline = time.monotonic() + timeout_s
@@ -219,20 +224,28 @@ def wait_for_nodes(disk: str, names: Sequence[str], timeout_s: float = 10.0) -> 
 
 
 def sweep_stale() -> None:
-    """Remove mounts, VGs and loop devices a killed test run left behind (names with PREFIX)."""
+    """Remove mounts, VGs and loop devices that a killed run left behind.
+
+    Only objects whose creating process is gone are touched, so concurrent runs are safe.
+    """
     for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
         mount_point = line.split()[4]
-        if PREFIX in mount_point:
+        if _is_stale(mount_point):
             _unmount(Path(mount_point))
     report = json.loads(run("vgs", "--reportformat", "json", "-o", "vg_name", check=False) or "{}")
     for row in (report.get("report") or [{}])[0].get("vg", []):
-        if row["vg_name"].startswith(PREFIX):
+        if _is_stale(row["vg_name"]):
             run("vgremove", "-q", "-f", row["vg_name"], check=False)
     loops = json.loads(run("losetup", "--json", "--list", check=False) or "{}")
     for loop in loops.get("loopdevices", []):
-        if PREFIX in (loop.get("back-file") or ""):
+        if _is_stale(loop.get("back-file") or ""):
             _forget_btrfs_all(loop["name"])
             run("losetup", "--detach", loop["name"], check=False)
+
+
+def _is_stale(name: str) -> bool:
+    match = re.search(PREFIX + r"(\d+)x", name)
+    return match is not None and not Path(f"/proc/{match.group(1)}").exists()
 
 
 def _unmount(mount_point: Path) -> None:

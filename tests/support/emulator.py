@@ -30,6 +30,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
+from smsagent.api.auth import sign
+
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.05
@@ -220,6 +222,49 @@ class EmulatorProcess:
                 return HttpAnswer(answer.status, answer.headers, answer.read())
         except urllib.error.HTTPError as exc:
             return HttpAnswer(exc.code, exc.headers, exc.read())
+
+    def signed_request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: Optional[bytes] = None,
+        sdk_date: Optional[str] = None,
+        sk: Optional[str] = None,
+    ) -> HttpAnswer:
+        """Call an SMS endpoint signed with AK/SK (a query in `path` must be in canonical form)."""
+        data = raw if raw is not None else b"" if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        headers.update(
+            sign(
+                ak=self.ak,
+                sk=sk or self.sk,
+                method=method,
+                url=self.url + path,
+                headers=headers,
+                body=data,
+                sdk_date=sdk_date,
+            )
+        )
+        return self.request(method, path, raw=data or None, headers=headers, with_token=False)
+
+    def register_source(self, **fields: Any) -> str:
+        """Register a Linux source through `POST /v3/sources`; `fields` override the body."""
+        body: dict[str, Any] = {
+            "name": "source-01",
+            "ip": "192.0.2.10",
+            "os_type": "LINUX",
+            "os_version": "Debian GNU/Linux 12",
+            "agent_version": "0.1.0",
+            "networks": [{"name": "eth0", "ip": "192.0.2.10", "mac": "fa:16:3e:00:00:01"}],
+        }
+        body.update(fields)
+        answer = self.request("POST", "/v3/sources", body)
+        if answer.status != 200:
+            raise AdminError(answer.status, answer.body)
+        source_id: str = answer.json()["id"]
+        return source_id
 
     def admin(self, method: str, path: str, body: Any = None) -> Any:
         """Call `/_emulator{path}` and return its JSON; an error status raises `AdminError`."""

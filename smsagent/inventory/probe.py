@@ -69,7 +69,15 @@ class Probe(Protocol):
 
 
 class SystemProbe:
-    """The real machine: subprocesses with an argv list and a minimal environment, never a shell."""
+    """The real machine: subprocesses with an argv list and a minimal environment, never a shell.
+
+    Args:
+        search_path: where programs are looked up; children see it as their PATH.
+    """
+
+    def __init__(self, search_path: str = CHILD_PATH) -> None:
+        self._search_path: Final = search_path
+        self._env: Final = {**CHILD_ENV, "PATH": search_path}
 
     def run(
         self,
@@ -87,7 +95,7 @@ class SystemProbe:
                 [program, *argv[1:]],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
-                env=CHILD_ENV,
+                env=self._env,
                 timeout=timeout_s,
                 check=False,
             )
@@ -144,7 +152,7 @@ class SystemProbe:
 
     def which(self, program: str) -> Optional[str]:
         """Find a program the way the children would."""
-        return shutil.which(program, path=CHILD_PATH)
+        return shutil.which(program, path=self._search_path)
 
     def statvfs(self, path: str) -> Optional[FsUsage]:
         """statvfs(2) of a mount point, in bytes."""

@@ -231,6 +231,8 @@ def classify_exit(
     message = f"rsync exited {returncode}: {meaning}" + (f" ({detail})" if detail else "")
     if exit_class is ExitClass.ok:
         return ExitOutcome(exit_class, None, "")
+    if exit_class in (ExitClass.partial_warning, ExitClass.cancelled):
+        return ExitOutcome(exit_class, None, message)
     if exit_class is ExitClass.retryable:
         text = "\n".join(stderr_lines)
         for pattern, code in _FATAL_STDERR:

@@ -568,6 +568,8 @@ class IamTokenCredentials:
         self._cached: Optional[_CachedToken] = None
         # Created on first use: an asyncio.Lock made outside the running loop breaks on 3.9.
         self._lock: Optional[asyncio.Lock] = None
+        self.fetch_count = 0
+        """How many times a token was requested from IAM."""
 
     def __repr__(self) -> str:
         return (
@@ -643,6 +645,7 @@ class IamTokenCredentials:
             raise RuntimeError(msg)
         url = f"{self.iam_endpoint}{IAM_TOKENS_PATH}?nocatalog=true"
         fetched_at = self._clock()
+        self.fetch_count += 1
         try:
             async with self._session.post(
                 url, data=self._request_body(), headers={HEADER_CONTENT_TYPE: IAM_CONTENT_TYPE}

@@ -13,7 +13,7 @@ from smsagent import __version__
 # chosen, so `smsagent inventory` or `smsagent status` does not pay for aiohttp and the agent.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("smsagent.service_cli", "run in the foreground until SIGTERM/SIGINT"),
-    "check": ("smsagent.service_cli", "check settings, this server and the SMS endpoint"),
+    "check": ("smsagent.checks.cli", "check settings, this server and the SMS endpoint"),
     "status": ("smsagent.status", "show the agent's state from the state directory"),
     "inventory": ("smsagent.inventory.cli", "print the registration body as JSON"),
     "emulator": ("smsagent.emulator.cli", "serve a local SMS-compatible control plane"),

@@ -151,6 +151,12 @@ def register_secret(value: Optional[str]) -> None:
         _SECRETS.register(value)
 
 
+def scrub(text: str) -> str:
+    """`text` with every registered secret replaced by `[redacted]` (for messages that leave
+    the process other than through a log, such as a command result)."""
+    return _SECRETS.scrub(text)
+
+
 def forget_secrets() -> None:
     """Forget every registered secret (for a process that reconfigures from scratch)."""
     _SECRETS.clear()

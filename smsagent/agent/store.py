@@ -12,7 +12,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Final, Generic, Literal, Optional, TypeVar
@@ -115,6 +115,36 @@ class TaskRecord(Record):
         """This record with `stage` current and its progress replaced."""
         stages = {**self.stages, stage: progress}
         return self.model_copy(update={"stage": stage, "stages": stages, "updated_at": now_s})
+
+    def begin_stage(self, stage: str, now_s: float) -> TaskRecord:
+        """This record with `stage` current (its stored progress kept, for a resume); a task
+        still `prechecking` is now `running`."""
+        progress = self.progress_of(stage)
+        if progress.started_at is None:
+            progress = progress.model_copy(update={"started_at": now_s})
+        state = State.running if self.state is State.prechecking else self.state
+        return self.with_stage(stage, progress, now_s).model_copy(update={"state": state})
+
+    def record_progress(
+        self,
+        stage: str,
+        bytes_done: int,
+        bytes_total: int,
+        now_s: float,
+        resume: Optional[Mapping[str, JsonValue]] = None,
+    ) -> TaskRecord:
+        """This record with how far `stage` got, and where a resume would continue."""
+        changes: dict[str, object] = {"bytes_done": bytes_done, "bytes_total": bytes_total}
+        if resume is not None:
+            changes["resume"] = dict(resume)
+        progress = self.progress_of(stage).model_copy(update=changes)
+        return self.with_stage(stage, progress, now_s)
+
+    def finish_stage(self, stage: str, now_s: float) -> TaskRecord:
+        """This record with `stage` done; a later resume skips it."""
+        progress = self.progress_of(stage)
+        changes = {"done": True, "finished_at": now_s, "bytes_done": progress.bytes_total}
+        return self.with_stage(stage, progress.model_copy(update=changes), now_s)
 
     def reset(self, now_s: float) -> TaskRecord:
         """This record back to `idle` with all stage progress dropped (the task id stays)."""

@@ -1,0 +1,27 @@
+"""DELETE (legacy): the task was deleted on the server; stop its work and forget it here."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from smsagent.agent.handlers import CommandEnvelope, HandlerContext, HandlerOutcome
+from smsagent.agent.machine import State
+from smsagent.agent.store import TASK
+from smsagent.api.enums import CommandName
+from smsagent.handlers.stop import stop_work
+
+
+class DeleteHandler:
+    """DELETE: stop the work and remove the task's record; the agent is `idle` again."""
+
+    commands: ClassVar[frozenset[CommandName]] = frozenset({CommandName.DELETE})
+    task_types: ClassVar[frozenset[str]] = frozenset()
+
+    async def handle(self, ctx: HandlerContext, command: CommandEnvelope) -> HandlerOutcome:
+        """Stop, forget, answer success (also when there was nothing to forget)."""
+        await stop_work(ctx, command)
+        if ctx.task_record() is None:
+            return HandlerOutcome.success("the task is not known here", next_state=State.idle)
+        ctx.store.delete(TASK)
+        ctx.log.info("task_forgotten")
+        return HandlerOutcome.success("the task was deleted here", next_state=State.idle)

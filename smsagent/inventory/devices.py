@@ -60,10 +60,17 @@ class DeviceIndex:
         return self._mounts.get(kname, ())
 
     def primary_mount(self, kname: str) -> Optional[Mount]:
-        """The mount that shows the whole file system: its root first, else the shortest path."""
+        """The mount that shows the whole file system, else (btrfs) its shortest subvolume mount.
+
+        Bind mounts of a subdirectory (a container's /etc/hosts) do not count: they say nothing
+        about where the file system itself lives.
+        """
         mounts = self.mounts(kname)
         whole = [m for m in mounts if m.root == "/"]
-        ranked = whole or sorted(mounts, key=lambda m: (len(m.mount_point), m.mount_id))
+        if whole:
+            return whole[0]
+        subvolumes = [m for m in mounts if m.fstype == "btrfs"]
+        ranked = sorted(subvolumes, key=lambda m: (len(m.mount_point), m.mount_id))
         return ranked[0] if ranked else None
 
     def file_system(self, kname: str) -> FileSystem:

@@ -20,6 +20,7 @@ from typing import Any, Optional
 from smsagent.emulator.store import Doc, Store
 
 KIND = "command"
+SLOT = "command_slot"  # per source: the id of its active command, so a poll reads two documents
 
 
 class DeliveryMode(str, Enum):
@@ -71,6 +72,7 @@ class CommandQueue:
             "completed_at": None,
         }
         self._store.put(KIND, command["id"], command)
+        self._store.put(SLOT, source_id, {"command_id": command["id"]})
         return command
 
     def poll(self, source_id: str, now_s: float) -> Optional[Doc]:
@@ -106,10 +108,11 @@ class CommandQueue:
 
     def active(self, source_id: str) -> Optional[Doc]:
         """The source's pending or delivered command, if any."""
-        for command in reversed(self._store.values(KIND)):
-            if command["source_id"] == source_id and command["state"] in _ACTIVE:
-                return command
-        return None
+        slot = self._store.get(SLOT, source_id)
+        command = None if slot is None else self._store.get(KIND, slot["command_id"])
+        if command is None or command["state"] not in _ACTIVE:
+            return None
+        return command
 
     def all(self) -> list[Doc]:
         """Every command ever queued, oldest first."""

@@ -80,23 +80,29 @@ class ControlPlane:
     # --- agent side: configuration, registration, commands (spec §3.1-3.8) ---
 
     def show_config(self) -> dict[str, Any]:
+        """ShowConfig: the agent configuration and the regions."""
         return dict(AGENT_CONFIG)
 
     def privacy_flag(self) -> dict[str, Any]:
+        """ShowPrivacyAgreements: whether the agreement was accepted."""
         return {"flag": self._store.get(PRIVACY, "agreement") is not None}
 
     def agree_privacy(self) -> dict[str, Any]:
+        """CreatePrivacyAgreements: record the acceptance."""
         self._store.put(PRIVACY, "agreement", {"agreed_at": self._clock()})
         return {}
 
     def register(self, body: PostSourceServerBody) -> dict[str, Any]:
+        """RegisterServer: store the source and answer its id."""
         return {"id": self.sources.register(body, self._clock())}
 
     def show_source(self, source_id: str) -> dict[str, Any]:
+        """ShowServer: the source with its current task."""
         doc = self.sources.get(source_id)
         return self.sources.view(doc, self.tasks.for_source(source_id), self._clock())
 
     def update_disks(self, source_id: str, body: PutDiskInfoReq) -> dict[str, Any]:
+        """UpdateDiskInfo: replace the source's disk lists."""
         self.sources.update_disks(source_id, body)
         return {}
 
@@ -123,6 +129,7 @@ class ControlPlane:
         return {}
 
     def change_state(self, source_id: str, body: PutCopyStateReq) -> dict[str, Any]:
+        """UpdateCopyState: set the source's state and migration cycle."""
         now_s = self._clock()
         self.sources.change_state(source_id, body, now_s)
         self._store.append(
@@ -133,12 +140,15 @@ class ControlPlane:
     # --- agent side: tasks (spec §3.9-3.18) ---
 
     def show_task(self, task_id: str) -> dict[str, Any]:
+        """ShowTask: the task with its source's current state."""
         return self._task_view(self.tasks.get(task_id))
 
     def update_task(self, task_id: str, body: PutTaskReq) -> dict[str, Any]:
+        """UpdateTask: merge task and target fields."""
         return {"id": self.tasks.update(task_id, body)["id"]}
 
     def record_progress(self, task_id: str, body: UpdateTaskSpeedReq) -> dict[str, Any]:
+        """UpdateTaskSpeed: apply a progress report to the task and its source."""
         now_s = self._clock()
         task = self.tasks.record_progress(task_id, body, now_s)
         source_id = task["source_server"]["id"]
@@ -169,41 +179,50 @@ class ControlPlane:
         return {}
 
     def cert_key(self, task_id: str) -> dict[str, Any]:
+        """ShowCertKey: the keys the console set for the task."""
         self.tasks.get(task_id)
         return self.task_data.cert_key(task_id)
 
     def passphrase(self, task_id: str) -> dict[str, Any]:
+        """ShowPassphrase: the task's passphrase."""
         self.tasks.get(task_id)
         return self.task_data.passphrase(task_id)
 
     def network_check(self, task_id: str, body: NetworkCheckInfoRequestBody) -> dict[str, Any]:
+        """UpdateNetworkCheckInfo: keep the agent's network measurement."""
         self.tasks.record_network_check(task_id, body)
         return {"task_id": task_id}
 
     def speed_limits(self, task_id: str) -> dict[str, Any]:
+        """ShowsSpeedLimits: the task's rate-limit windows."""
         self.tasks.get(task_id)
         return self.task_data.speed_limits(task_id)
 
     def set_speed_limits(self, task_id: str, body: SpeedLimit) -> dict[str, Any]:
+        """UpdateSpeed: replace the task's rate-limit windows."""
         self.tasks.get(task_id)
         self.task_data.set_speed_limits(task_id, body)
         return {}
 
     def configurations(self, task_id: str, config_key: Optional[str]) -> dict[str, Any]:
+        """ShowConfigSetting: the task's settings, or only `config_key`'s."""
         return self.task_data.configurations(self.tasks.get(task_id), config_key)
 
     def set_configurations(self, task_id: str, body: ConfigurationRequestBody) -> dict[str, Any]:
+        """UploadSpecialConfigurationSetting: store settings by key."""
         self.tasks.get(task_id)
         self.task_data.set_configurations(task_id, body)
         return {}
 
     def consistency(self, task_id: str) -> dict[str, Any]:
+        """ShowConsistencyResult: the stored verification results."""
         self.tasks.get(task_id)
         return self.task_data.consistency(task_id)
 
     def set_consistency(
         self, task_id: str, body: SetConsistencyResultRequestBody
     ) -> dict[str, Any]:
+        """UpdateConsistencyResult: replace the verification results."""
         self.tasks.get(task_id)
         self.task_data.set_consistency(task_id, body)
         return {}
@@ -211,6 +230,7 @@ class ControlPlane:
     # --- console side (spec §3.22) ---
 
     def list_sources(self, query: ListServersQuery) -> dict[str, Any]:
+        """ListServers: the sources that pass the query's filters, one page."""
         now_s = self._clock()
         views = [
             self.sources.view(doc, self.tasks.for_source(doc["id"]), now_s)
@@ -244,10 +264,12 @@ class ControlPlane:
         return {"id": task["id"]}
 
     def list_tasks(self, query: ListTasksQuery) -> dict[str, Any]:
+        """ListTasks: the tasks that pass the query's filters, one page."""
         matching = [view for view in map(self._task_view, self.tasks.all()) if query.matches(view)]
         return {"count": len(matching), "tasks": query.page(matching)}
 
     def delete_task(self, task_id: str) -> dict[str, Any]:
+        """DeleteTask: forget the task, its side documents and its pending command."""
         task = self.tasks.delete(task_id)
         self.task_data.forget(task_id)
         self.commands.drop(task["source_server"]["id"], task_id)
@@ -256,6 +278,7 @@ class ControlPlane:
     # --- emulator administration ---
 
     def set_cert_key(self, task_id: str, body: CertKeyUpdate) -> dict[str, Any]:
+        """Set what ShowCertKey (and optionally ShowPassphrase) answers for a task."""
         self.tasks.get(task_id)
         self.task_data.set_cert_key(task_id, body)
         return {}

@@ -50,6 +50,7 @@ class TaskData:
         return self._store.get(SPEED_LIMIT, task_id) or {"speed_limit": []}
 
     def set_speed_limits(self, task_id: str, body: SpeedLimit) -> None:
+        """Replace the task's windows."""
         self._store.put(SPEED_LIMIT, task_id, body.to_wire())
 
     def configurations(self, task: Doc, config_key: Optional[str]) -> dict[str, Any]:
@@ -78,6 +79,7 @@ class TaskData:
         return {"task_id": task_id, "result_list": results}
 
     def set_consistency(self, task_id: str, body: SetConsistencyResultRequestBody) -> None:
+        """Replace the task's verification results."""
         self._store.put(CONSISTENCY, task_id, body.to_wire())
 
     def cert_key(self, task_id: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from smsagent.api.enums import TaskOperation
 from tests.support.emulator import EmulatorFactory, EmulatorProcess
 
 
@@ -151,6 +152,18 @@ def test_actions_move_the_task_and_queue_commands(emulator: EmulatorProcess) -> 
     assert seen == expected
     actions = [(a["operation"], a["queued_command"]) for a in emulator.state()["actions"]]
     assert actions == [(operation, command) for operation, _, command in expected]
+
+
+def test_every_operation_is_accepted(emulator: EmulatorProcess) -> None:
+    """Each documented task operation answers 200 and is recorded in order."""
+    _, task_id = started_task(emulator)
+    for operation in TaskOperation:
+        answer = emulator.request(
+            "POST", f"/v3/tasks/{task_id}/action", {"operation": operation.value}
+        )
+        assert (answer.status, answer.json()) == (200, {}), operation
+    recorded = [action["operation"] for action in emulator.state()["actions"]]
+    assert recorded == ["start", *(operation.value for operation in TaskOperation)]
 
 
 def test_restart_forgets_progress(emulator: EmulatorProcess) -> None:

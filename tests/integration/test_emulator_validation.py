@@ -49,6 +49,7 @@ def assert_error(answer: HttpAnswer, status: int, code: str, field: Optional[str
     body = answer.json()
     assert body["error_code"] == code
     assert body["request_id"] == answer.headers["X-Request-Id"]
+    assert answer.headers["Date"]
     if field is not None:
         assert f"Invalid field '{field}'" in body["error_msg"], body["error_msg"]
     assert "Traceback" not in body["error_msg"]
@@ -58,6 +59,7 @@ def assert_still_serving(process: EmulatorProcess) -> None:
     answer = process.request("GET", "/v3/config")
     assert answer.status == 200
     assert answer.json()["config"]
+    assert answer.headers["X-Request-Id"] and answer.headers["Date"]
 
 
 BODY_CASES = [

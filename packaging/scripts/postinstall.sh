@@ -31,8 +31,11 @@ if systemd_running && systemctl is-active --quiet "$UNIT"; then
 	systemctl stop "$UNIT"
 fi
 
+# The env file holds credentials. The state directory exists before the first start so that
+# `smsagent status` works; systemd keeps it 0700 (StateDirectoryMode=) on every start.
 chmod 0700 /etc/smsagent
 chmod 0600 /etc/smsagent/smsagent.env
+install -d -m 0700 /var/lib/smsagent
 /usr/lib/smsagent/setup-venv
 
 if systemd_running; then

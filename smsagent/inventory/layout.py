@@ -18,7 +18,7 @@ from smsagent.api.models import (
     VolumeGroups,
 )
 from smsagent.inventory.blkid import partition_style
-from smsagent.inventory.btrfs import TOP_LEVEL_ID
+from smsagent.inventory.btrfs import TOP_LEVEL_ID, BtrfsSubvolume
 from smsagent.inventory.devices import DeviceIndex
 from smsagent.inventory.facts import BtrfsDetails, StorageFacts
 from smsagent.inventory.lsblk import BlockDevice
@@ -187,8 +187,8 @@ def _btrfs(details: BtrfsDetails, mounts: Sequence[Mount]) -> BtrfsFileSystem:
     members = [device.path for device in show.devices]
     fs_mounts = [m for m in mounts if m.fstype == "btrfs" and m.source in members]
     default_id, default_name = details.default_subvolume or (TOP_LEVEL_ID, "/")
-    profiles = details.profiles
-    reserve = profiles.get("GlobalReserve")
+    profiles = {kind: profile.profile for kind, profile in details.profiles.items()}
+    reserve = details.profiles.get("GlobalReserve")
     return BtrfsFileSystem(
         name=members[0] if members else show.uuid,
         label=show.label,
@@ -197,27 +197,28 @@ def _btrfs(details: BtrfsDetails, mounts: Sequence[Mount]) -> BtrfsFileSystem:
         size=show.size_bytes,
         nodesize=details.nodesize,
         sectorsize=details.sectorsize,
-        data_profile=profiles["Data"].profile if "Data" in profiles else None,
-        system_profile=profiles["System"].profile if "System" in profiles else None,
-        metadata_profile=profiles["Metadata"].profile if "Metadata" in profiles else None,
+        data_profile=profiles.get("Data"),
+        system_profile=profiles.get("System"),
+        metadata_profile=profiles.get("Metadata"),
         global_reserve1=str(reserve.total_bytes) if reserve else None,
         g_vol_used_size=show.used_bytes,
         default_subvolid=default_id,
         default_subvol_name=default_name,
         default_subvol_mountpath=_subvolume_mount(fs_mounts, default_id, default_name)
         or _subvolume_mount(fs_mounts, TOP_LEVEL_ID, "/"),
-        subvolumn=[
-            BtrfsSubvolumn(
-                # SMS documents this field as the parent's UUID (the origin of a snapshot).
-                uuid="" if subvolume.parent_uuid == "-" else subvolume.parent_uuid,
-                is_snapshot=str(subvolume.is_snapshot).lower(),
-                subvol_id=subvolume.subvol_id,
-                parent_id=subvolume.parent_id,
-                subvol_name=subvolume.path,
-                subvol_mount_path=_subvolume_mount(fs_mounts, subvolume.subvol_id, subvolume.path),
-            )
-            for subvolume in details.subvolumes
-        ],
+        subvolumn=[_subvolume(subvolume, fs_mounts) for subvolume in details.subvolumes],
+    )
+
+
+def _subvolume(subvolume: BtrfsSubvolume, fs_mounts: Sequence[Mount]) -> BtrfsSubvolumn:
+    return BtrfsSubvolumn(
+        # SMS documents this field as the parent's UUID (the origin of a snapshot).
+        uuid="" if subvolume.parent_uuid == "-" else subvolume.parent_uuid,
+        is_snapshot=str(subvolume.is_snapshot).lower(),
+        subvol_id=subvolume.subvol_id,
+        parent_id=subvolume.parent_id,
+        subvol_name=subvolume.path,
+        subvol_mount_path=_subvolume_mount(fs_mounts, subvolume.subvol_id, subvolume.path),
     )
 
 

@@ -64,7 +64,7 @@ def _build(lab: BlockLab) -> Layout:
     for device, fstype in zip(gpt.partitions, ("ext4", "xfs", "vfat")):
         lab.mkfs(device, fstype)
         lab.mount(device, fstype, fstype)
-    (lab.workdir / "root" / "ext4" / "payload").write_bytes(os.urandom(3 * 1024 * 1024))
+    (lab.root / "ext4" / "payload").write_bytes(os.urandom(3 * 1024 * 1024))
     vg = lab.volume_group([mbr.partitions[0]])
     lab.logical_volume(vg, "lvdata", 16)
     lab.logical_volume(vg, "lvlogs", 32)
@@ -79,7 +79,7 @@ def _build(lab: BlockLab) -> Layout:
     run("sync")
     options = InventoryOptions(extra_disks=(gpt.kname, mbr.kname))
     body = build_registration_body("smsinvtest-host", options=options)
-    return Layout(gpt, mbr, vg, lab.workdir / "root", body)
+    return Layout(gpt, mbr, vg, lab.root, body)
 
 
 def _disk(layout: Layout, path: str) -> ServerDisk:

@@ -53,7 +53,7 @@ class TestFingerprint:
     def test_written_data_keeps_the_fingerprint(self, lab: BlockLab, disk: LoopDisk) -> None:
         """Used bytes change with every write; the layout (and its fingerprint) does not."""
         before = _disk_info(disk)
-        (lab.workdir / "root" / "ext4" / "grow").write_bytes(os.urandom(4 * 1024 * 1024))
+        (lab.root / "ext4" / "grow").write_bytes(os.urandom(4 * 1024 * 1024))
         run("sync")
         after = _disk_info(disk)
         assert _loop_disk(after, disk).used_size > _loop_disk(before, disk).used_size

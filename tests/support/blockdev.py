@@ -108,6 +108,7 @@ class BlockLab:
         self.workdir = workdir
         # The PID in every name lets sweep_stale() tell a dead run's leftovers from a live run's.
         self.tag = f"{PREFIX}{os.getpid()}x{secrets.token_hex(2)}"
+        self.root = workdir / f"{self.tag}-root"  # the test root every mount goes under
         self._undo: list[tuple[str, Callable[[], object]]] = []
 
     def loop_disk(
@@ -147,7 +148,7 @@ class BlockLab:
 
     def mount(self, device: str, name: str, fstype: str, options: str = "") -> Path:
         """Mount under the lab's root; vfat through FUSE when the kernel cannot mount it."""
-        mount_point = self.workdir / "root" / name
+        mount_point = self.root / name
         mount_point.mkdir(parents=True, exist_ok=True)
         if fstype == "vfat" and "vfat" not in kernel_file_systems():
             # fsname makes mountinfo name the device, as a kernel mount would.

@@ -63,6 +63,8 @@ def missing_requirements() -> Optional[str]:
         return f"missing tools: {', '.join(missing)}"
     if not Path("/dev/loop-control").exists():
         return "no /dev/loop-control"
+    if "vfat" not in kernel_file_systems() and shutil.which("fusefat", path=_ENV["PATH"]) is None:
+        return "the kernel cannot mount vfat and fusefat is missing"
     return None
 
 

@@ -1,0 +1,123 @@
+"""Seams for driving handlers in tests: settings, a handler context, a progress log, plugins.
+
+progress = ProgressLog()
+ctx = handler_context(store, settings, progress=progress, cancel=token, work=slot, task_id="t1")
+outcome = await invoke(handler, ctx, envelope)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import Distribution, distributions
+from pathlib import Path
+from typing import Any, Optional
+
+import structlog
+from pydantic import SecretStr
+
+from smsagent.agent.handlers import HandlerContext
+from smsagent.agent.store import Store
+from smsagent.agent.work import CancelToken, WorkControl, WorkSlot
+from smsagent.api.auth import TokenCredentials
+from smsagent.api.client import SmsClient
+from smsagent.api.enums import SubtaskName
+from smsagent.config import Settings
+
+
+def agent_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for a test: token auth, a loopback endpoint, the state dir under `tmp_path`."""
+    values: dict[str, Any] = {
+        "endpoint": "http://127.0.0.1:9",
+        "token": "test-token-0123456789",
+        "state_dir": tmp_path / "state",
+        "stop_grace": 1.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def idle_client(settings: Settings) -> SmsClient:
+    """A client that is never opened: the handlers under test make no SMS calls, and one that
+    tried would fail loudly on the closed session."""
+    assert settings.token is not None
+    return SmsClient(
+        settings.endpoint, TokenCredentials(SecretStr(settings.token.get_secret_value()))
+    )
+
+
+@dataclass(frozen=True)
+class Report:
+    stage: SubtaskName
+    bytes_done: int
+    bytes_total: int
+    force: bool
+
+
+class ProgressLog:
+    """A `ProgressReporter` that keeps every report and wakes waiters at a byte count."""
+
+    def __init__(self) -> None:
+        self.reports: list[Report] = []
+        self._waiters: list[tuple[int, asyncio.Event]] = []
+
+    async def report(
+        self, stage: SubtaskName, bytes_done: int, bytes_total: int, *, force: bool = False
+    ) -> None:
+        self.reports.append(Report(stage, bytes_done, bytes_total, force))
+        for threshold, event in self._waiters:
+            if bytes_done >= threshold:
+                event.set()
+
+    def reached(self, bytes_done: int) -> asyncio.Event:
+        """An event set once a report reaches `bytes_done`."""
+        event = asyncio.Event()
+        self._waiters.append((bytes_done, event))
+        return event
+
+
+def handler_context(
+    store: Store,
+    settings: Settings,
+    *,
+    progress: Optional[ProgressLog] = None,
+    cancel: Optional[CancelToken] = None,
+    work: Optional[WorkControl] = None,
+    task_id: Optional[str] = None,
+) -> HandlerContext:
+    """A `HandlerContext` over real seams (the store, a work slot) and an idle client."""
+    return HandlerContext(
+        client=idle_client(settings),
+        store=store,
+        settings=settings,
+        progress=progress or ProgressLog(),
+        cancel=cancel or CancelToken(),
+        work=work if work is not None else WorkSlot(),
+        log=structlog.get_logger("test").bind(task_id=task_id),
+        task_id=task_id,
+    )
+
+
+def write_distribution(
+    site: Path,
+    name: str,
+    entry_points: Mapping[str, str],
+    modules: Mapping[str, str],
+    version: str = "1.0",
+    group: str = "smsagent.handlers",
+) -> Distribution:
+    """Install a distribution by hand into `site`: its modules, METADATA and entry points.
+
+    The caller puts `site` on `sys.path` so that the entry points import.
+    """
+    for module, source in modules.items():
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = [f"[{group}]", *(f"{key} = {value}" for key, value in entry_points.items())]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    [dist] = [d for d in distributions(path=[str(site)]) if d.metadata["Name"] == name]
+    return dist

@@ -80,6 +80,9 @@ class RsyncJob:
             (the default) makes rsync's file totals exact from the start and links hard links
             found in different directories without sending their data twice.
         one_file_system: do not descend into other mounts below a source.
+        nanosecond_times: compare times to the nanosecond, not the second, so a directory touched
+            twice within one second is still brought in line; turn off only when the target's
+            file system keeps coarser times than the source's (each pass would resend).
         rsync_path: the local rsync.
         remote_rsync_path: rsync on the target, when it is not on the target's PATH.
     """
@@ -93,6 +96,7 @@ class RsyncJob:
     io_timeout_s: int = DEFAULT_IO_TIMEOUT_S
     incremental_recursion: bool = False
     one_file_system: bool = True
+    nanosecond_times: bool = True
     rsync_path: str = "rsync"
     remote_rsync_path: Optional[str] = None
 
@@ -136,6 +140,8 @@ def _options(job: RsyncJob) -> list[str]:
         argv.append("--one-file-system")
     if not job.incremental_recursion:
         argv.append("--no-inc-recursive")
+    if job.nanosecond_times:
+        argv.append("--modify-window=-1")
     if job.kind is PassKind.sync:
         # Deletions are found during the run and applied at its end, so an interrupted pass
         # never leaves the target with files removed but their replacements not yet copied.

@@ -276,6 +276,15 @@ class TargetHost:
             return []
         return [child for child in _children(pid) if _comm(child) == "sshd"]
 
+    def wait_no_sessions(self, timeout_s: float = 10.0) -> None:
+        """Wait until no connection is served any more (every session ended or was dropped)."""
+        deadline = time.monotonic() + timeout_s
+        while self.session_pids():
+            if time.monotonic() > deadline:
+                msg = f"sshd sessions {self.session_pids()} still alive after {timeout_s} s"
+                raise AssertionError(msg)
+            time.sleep(0.05)
+
     def kill_sessions(self, *, include_commands: bool = False) -> int:
         """Drop every established connection at once, as a target that goes away would.
 

@@ -16,7 +16,7 @@ from typing import Union
 
 MiB = 1024 * 1024
 BASE_MTIME_NS = 1_600_000_000_123_456_789
-SPARSE_FILE_BYTES = 64 * MiB
+SPARSE_FILE_BYTES = 16 * MiB
 # Owners that exist nowhere in /etc/passwd or /etc/group of the source or the target.
 NAMELESS_UID = 4242
 NAMELESS_GID = 4343

@@ -46,6 +46,7 @@ class TestBuildArgv:
             "--one-file-system",
             "--no-inc-recursive",
             "--open-noatime",
+            "--modify-window=-1",
         ):
             assert flag in options
         assert not any(flag.startswith("--delete") for flag in argv)
@@ -76,6 +77,7 @@ class TestBuildArgv:
             bwlimit_kib_s=1221,
             incremental_recursion=True,
             one_file_system=False,
+            nanosecond_times=False,
             remote_rsync_path="/usr/local/bin/rsync",
         )
         argv = build_argv(job, _session())
@@ -85,6 +87,7 @@ class TestBuildArgv:
         assert "--rsync-path=/usr/local/bin/rsync" in argv
         assert "--no-inc-recursive" not in argv
         assert "--one-file-system" not in argv
+        assert "--modify-window=-1" not in argv
         assert argv[-2:] == ["/srv/root/./home", "10.0.0.2:/mnt/smsroot/"]
 
     def test_local_destination(self) -> None:

@@ -56,7 +56,8 @@ def flag_args(flags: Mapping[str, Any]) -> list[str]:
         if value is True:
             args.append(flag)
         elif value is not None and value is not False:
-            args += [flag, str(value)]
+            # `--flag=value`: a value starting with "-" (a random token can) stays a value.
+            args.append(f"{flag}={value}")
     return args
 
 
@@ -173,9 +174,9 @@ class EmulatorProcess:
             self.stop()
 
     def _command(self) -> list[str]:
-        base = ["--bind", "127.0.0.1", "--port", str(self.port), "--ak", self.ak, "--sk", self.sk]
-        base += ["--token", self.token]
-        return [sys.executable, "-m", "smsagent", "emulator", *base, *flag_args(self.flags)]
+        base = {"bind": "127.0.0.1", "port": self.port, "ak": self.ak, "sk": self.sk}
+        base["token"] = self.token
+        return [sys.executable, "-m", "smsagent", "emulator", *flag_args({**base, **self.flags})]
 
     def _launch_and_wait(self) -> bool:
         with open(self.log_path, "ab") as log:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional
 
-from smsagent.api.enums import CommandName, CommandResult
+from smsagent.api.enums import CommandName, CommandResult, TaskOperation
 from smsagent.api.models import (
     CommandBody,
     ConfigurationRequestBody,
@@ -260,7 +260,7 @@ class ControlPlane:
             raise ApiError(400, TASK_EXISTS, msg)
         task = self.tasks.create(body, source, self._clock())
         if body.auto_start:
-            self.action(task["id"], UpdateTaskStatusReq(operation="start"))
+            self.action(task["id"], UpdateTaskStatusReq(operation=TaskOperation.start))
         return {"id": task["id"]}
 
     def list_tasks(self, query: ListTasksQuery) -> dict[str, Any]:

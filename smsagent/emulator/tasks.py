@@ -10,9 +10,11 @@ from pydantic import ValidationError
 
 from smsagent.api.enums import TaskState
 from smsagent.api.models import (
+    CloneServer,
     NetworkCheckInfoRequestBody,
     PostTask,
     PutTaskReq,
+    ResponseModel,
     Task,
     TaskTargetServer,
     UpdateTaskSpeedReq,
@@ -52,14 +54,20 @@ _SOURCE_VIEW_FIELDS = (
 )
 
 
-def validate_target(target: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
-    """Check a target-server object against the shape ShowTask serves; 400 naming the field."""
-    if target is None:
+def validated_part(
+    model: type[ResponseModel], value: Optional[dict[str, Any]], field: str
+) -> Optional[dict[str, Any]]:
+    """Check a free-form object against the shape ShowTask serves it in; 400 naming the field.
+
+    CreateTask and UpdateTask take `target_server` and `clone_server` as open objects; checking
+    them here keeps a bad type from breaking every later ShowTask.
+    """
+    if value is None:
         return None
     try:
-        return TaskTargetServer.model_validate(target).to_wire()
+        return model.model_validate(value).to_wire()
     except ValidationError as exc:
-        raise from_validation(exc, prefix="target_server") from exc
+        raise from_validation(exc, prefix=field) from exc
 
 
 class Tasks:
@@ -71,7 +79,7 @@ class Tasks:
     def create(self, body: PostTask, source: Doc, now_s: float) -> Doc:
         """A new READY task for `source` from a CreateTask body."""
         doc: Doc = body.to_wire()
-        doc["target_server"] = validate_target(body.target_server)
+        doc["target_server"] = validated_part(TaskTargetServer, body.target_server, "target_server")
         doc.update(
             id=uuid.uuid4().hex,
             state=TaskState.READY.value,
@@ -121,7 +129,12 @@ class Tasks:
         doc = self.get(task_id)
         wire = body.to_wire()
         target = dict(doc.get("target_server") or {})
-        target.update(validate_target(wire.pop("target_server", None)) or {})
+        target.update(
+            validated_part(TaskTargetServer, wire.pop("target_server", None), "target_server") or {}
+        )
+        clone = validated_part(CloneServer, wire.pop("clone_server", None), "clone_server")
+        if clone is not None:
+            doc["clone_server"] = clone
         for field in _TARGET_FIELDS:
             if field in wire:
                 target[field] = wire.pop(field)

@@ -7,6 +7,7 @@ import json
 import ssl
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Optional, TypeVar, Union
@@ -25,6 +26,7 @@ from smsagent.api.errors import (
     TransportError,
     describe_exception,
     error_from_response,
+    parse_http_date,
 )
 from smsagent.api.models import (
     CommandBody,
@@ -126,6 +128,8 @@ class SmsClient:
         self._user_agent: Final = user_agent
         self._session: Optional[aiohttp.ClientSession] = None
         self.request_count = 0
+        self.last_server_date: Optional[datetime] = None
+        """The `Date` header of the last response, to measure the local clock's skew."""
 
     def __repr__(self) -> str:
         return f"SmsClient(endpoint={self._base!r}, credentials={self._credentials!r})"
@@ -220,6 +224,7 @@ class SmsClient:
             ) as response:
                 raw = await response.read()
                 status, response_headers = response.status, response.headers
+                self.last_server_date = parse_http_date(response_headers.get("Date"))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise TransportError(
                 method=method, path=path, error_msg=describe_exception(exc)

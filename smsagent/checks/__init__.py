@@ -1,0 +1,1 @@
+"""Pre-migration checks: `smsagent check` and the migration drill (PREMIGRATE)."""

@@ -1,0 +1,124 @@
+"""`smsagent check`: settings, this server and the SMS endpoint, as a table or as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final, Optional
+
+from smsagent import log as logging_setup
+from smsagent.api.auth import AkSkCredentials, Credentials, IamTokenCredentials, TokenCredentials
+from smsagent.api.client import SmsClient
+from smsagent.checks.endpoint import CLOCK, CREDENTIALS, ENDPOINT, endpoint_checks
+from smsagent.checks.install import install_checks
+from smsagent.checks.local import local_checks
+from smsagent.checks.model import Check, all_failed_as, bounded, first_error
+from smsagent.checks.render import render_json, render_table
+from smsagent.config import DEFAULT_ENV_FILE, AuthMode, ConfigError, Settings, load_settings
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+DEFAULT_TIMEOUT_S: Final = 30.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smsagent check",
+        description=(
+            "Check the settings, this server and the SMS endpoint; exit 0 when no check is "
+            "ERROR, 1 when one is, 2 when the settings are unusable."
+        ),
+    )
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        help=f"settings file in KEY=value lines (default: {DEFAULT_ENV_FILE} if it exists)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds each check may take (default: {DEFAULT_TIMEOUT_S:g})",
+    )
+    return parser
+
+
+def credentials_from(settings: Settings) -> Credentials:
+    """The credentials the settings configure (validation guarantees one complete kind)."""
+    mode = settings.auth_mode
+    if mode is AuthMode.aksk and settings.ak and settings.sk:
+        return AkSkCredentials(settings.ak, settings.sk, settings.project_id)
+    if mode is AuthMode.token and settings.token:
+        return TokenCredentials(settings.token, settings.project_id)
+    if settings.iam_user and settings.iam_password and settings.iam_domain:
+        return IamTokenCredentials(
+            iam_endpoint=settings.iam_endpoint,
+            user=settings.iam_user,
+            password=settings.iam_password,
+            domain=settings.iam_domain,
+            project_id=settings.project_id,
+            refresh_margin_s=settings.iam_token_refresh_margin,
+        )
+    raise AssertionError("validated settings always carry one complete kind of credentials")
+
+
+def client_from(settings: Settings) -> SmsClient:
+    """An SMS client with the settings' endpoint, credentials, timeouts, TLS and proxy."""
+    return SmsClient(
+        settings.endpoint,
+        credentials_from(settings),
+        connect_timeout_s=settings.connect_timeout,
+        read_timeout_s=settings.read_timeout,
+        verify_tls=settings.verify_tls,
+        ca_bundle=settings.ca_bundle,
+        proxy=settings.proxy,
+    )
+
+
+async def _endpoint(settings: Settings, timeout_s: float) -> list[Check]:
+    failed = all_failed_as(ENDPOINT, CLOCK, CREDENTIALS)
+    try:
+        async with client_from(settings) as client:
+            return await bounded(lambda: endpoint_checks(client, settings), timeout_s, failed)
+    except ValueError as exc:  # an unusable CA bundle: the client cannot be opened
+        return failed(str(exc), "SMS.0304")
+
+
+async def run_checks(settings: Settings, env_file: Optional[Path], timeout_s: float) -> list[Check]:
+    """Every check `smsagent check` makes, in the order shown."""
+    checks = install_checks(env_file, settings.state_dir, settings.disabled_handlers)
+    source_checks, _ = await asyncio.to_thread(local_checks, settings.source_root, None)
+    checks += source_checks
+    checks += await _endpoint(settings, timeout_s)
+    return checks
+
+
+def _env_file_read(env_file: Optional[Path]) -> Optional[Path]:
+    """The env file the settings came from (the default one only when it exists)."""
+    if env_file is not None:
+        return env_file
+    return DEFAULT_ENV_FILE if DEFAULT_ENV_FILE.is_file() else None
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the checks, print them, and return 0 (no ERROR), 1 (an ERROR) or 2 (bad settings)."""
+    args = _parser().parse_args(list(argv))
+    if not args.timeout > 0:
+        print("smsagent check: --timeout must be more than 0 seconds", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        settings = load_settings(args.env_file)
+    except ConfigError as exc:
+        print(f"smsagent check: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging_setup.configure("console", "warning", stream=sys.stderr)
+    for secret in settings.secrets():
+        logging_setup.register_secret(secret)
+    checks = asyncio.run(run_checks(settings, _env_file_read(args.env_file), args.timeout))
+    print(render_json(checks) if args.json else render_table(checks))
+    return EXIT_ERROR if first_error(checks) else EXIT_OK

@@ -1,0 +1,103 @@
+"""Checks of the installation: who may read the env file and the state dir, and the handlers."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Collection
+from pathlib import Path
+from typing import Final, Optional
+
+from pydantic import JsonValue
+
+from smsagent.agent.handlers import HandlerLoadError, HandlerRegistry
+from smsagent.checks.model import Check
+
+ENV_FILE: Final = "env_file"
+STATE_DIR: Final = "state_dir"
+HANDLERS: Final = "handlers"
+
+INSECURE_FILE: Final = "SMSAGENT.FILE_MODE"
+HANDLERS_BROKEN: Final = "SMSAGENT.HANDLERS"
+
+ROOT_UID: Final = 0
+PRIVATE_MODE_BITS: Final = 0o077
+
+
+def permission_problems(mode: int, uid: int, *, what: str) -> list[str]:
+    """What is wrong with a private file's or directory's owner and mode bits (empty: nothing).
+
+    Args:
+        mode: `st_mode`.
+        uid: `st_uid`.
+        what: how the path reads in a message, e.g. `the env file`.
+    """
+    problems = []
+    bits = stat.S_IMODE(mode)
+    if bits & stat.S_IROTH:
+        problems.append(f"{what} is readable by others (mode {bits:04o})")
+    elif bits & PRIVATE_MODE_BITS:
+        problems.append(f"{what} is open to its group or others (mode {bits:04o})")
+    if uid != ROOT_UID:
+        problems.append(f"{what} is owned by uid {uid}, not root")
+    return problems
+
+
+def private_path_check(
+    name: str, path: Path, stat_result: os.stat_result, *, what: str, fix: str
+) -> Check:
+    """OK when only root can use `path`, else WARN listing what is wrong and how to fix it."""
+    problems = permission_problems(stat_result.st_mode, stat_result.st_uid, what=what)
+    mode = f"{stat.S_IMODE(stat_result.st_mode):04o}"
+    if problems:
+        reason = f"{'; '.join(problems)}: {fix}"
+        return Check.warn(name, reason, INSECURE_FILE, path=str(path), mode=mode)
+    return Check.ok(name, f"{path} belongs to root, mode {mode}", path=str(path), mode=mode)
+
+
+def env_file_check(env_file: Optional[Path]) -> Check:
+    """The env file holds the credentials: only root may read it."""
+    if env_file is None:
+        return Check.ok(ENV_FILE, "no env file; the settings come from the environment")
+    try:
+        stat_result = env_file.stat()
+    except OSError as exc:
+        return Check.error(ENV_FILE, f"cannot read {env_file}: {exc.strerror}", INSECURE_FILE)
+    fix = f"chown root:root {env_file} && chmod 0600 {env_file}"
+    return private_path_check(ENV_FILE, env_file, stat_result, what="the env file", fix=fix)
+
+
+def state_dir_check(state_dir: Path) -> Check:
+    """The state dir holds task keys: only root may enter it."""
+    try:
+        stat_result = state_dir.stat()
+    except FileNotFoundError:
+        return Check.ok(STATE_DIR, f"{state_dir} does not exist yet; the agent creates it 0700")
+    except OSError as exc:
+        return Check.error(STATE_DIR, f"cannot read {state_dir}: {exc.strerror}", INSECURE_FILE)
+    if not stat.S_ISDIR(stat_result.st_mode):
+        return Check.error(STATE_DIR, f"{state_dir} is not a directory", INSECURE_FILE)
+    fix = f"chown root:root {state_dir} && chmod 0700 {state_dir}"
+    return private_path_check(STATE_DIR, state_dir, stat_result, what="the state dir", fix=fix)
+
+
+def handlers_check(disabled: Collection[str]) -> Check:
+    """Every handler loads, and each command the agent needs has one."""
+    try:
+        registry = HandlerRegistry.load(disabled)
+    except HandlerLoadError as exc:
+        return Check.error(HANDLERS, str(exc), HANDLERS_BROKEN)
+    loaded: list[JsonValue] = [
+        f"{info.name} ({info.distribution} {info.version})" for info in registry.infos
+    ]
+    reason = f"{len(loaded)} handlers loaded"
+    if registry.disabled:
+        reason += f", disabled: {', '.join(registry.disabled)}"
+    return Check.ok(HANDLERS, reason, handlers=loaded)
+
+
+def install_checks(
+    env_file: Optional[Path], state_dir: Path, disabled: Collection[str]
+) -> list[Check]:
+    """The env file, the state dir and the handlers."""
+    return [env_file_check(env_file), state_dir_check(state_dir), handlers_check(disabled)]

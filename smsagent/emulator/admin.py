@@ -13,7 +13,7 @@ It is not signed and sees no faults, so keep the emulator on a loopback address.
   status 0 is a connection reset); `faults`, `faults_injected`, `options`.
 * `GET /_emulator/faults` -> the fault settings.
 * `PUT /_emulator/faults` with `latency_s`, `error_rate` (0..1), `error_status` (500 | 503),
-  `retry_after_s` (integer seconds, or null for no header), `reset_rate`, `malformed_rate`,
+  `retry_after_s` (integer seconds, default 1; null for no header), `reset_rate`, `malformed_rate`,
   `expire_tokens`, `path_pattern` (regex on the path), `max_faults` (stop after this many) ->
   the new settings. The body replaces the settings: fields left out are off.
 * `POST /_emulator/reset` -> `{}`: every source, task, command, journal and request count is

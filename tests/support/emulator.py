@@ -123,6 +123,15 @@ class EmulatorProcess:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def agent_env(self, *, token: bool = False) -> dict[str, str]:
+        """`SMSAGENT_*` variables that point an agent at this emulator (AK/SK, or the token)."""
+        env = {"SMSAGENT_ENDPOINT": self.url}
+        if token:
+            env["SMSAGENT_TOKEN"] = self.token
+        else:
+            env.update(SMSAGENT_AK=self.ak, SMSAGENT_SK=self.sk)
+        return env
+
     # --- lifecycle ---
 
     def start(self, **flags: Any) -> EmulatorProcess:

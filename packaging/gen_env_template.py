@@ -59,9 +59,10 @@ def describe_default(field: FieldInfo) -> tuple[str, str]:
     """The value to show on the setting's line and a note for the comment above it."""
     if field.is_required():
         return "", "required"
-    if field.default_factory in EMPTY_CONTAINERS:
-        return render_value(field.default_factory()), ""  # type: ignore[call-arg]
-    if field.default_factory is not None:
+    factory = field.default_factory
+    if factory in EMPTY_CONTAINERS:
+        return render_value(factory()), ""  # type: ignore[misc,call-arg]
+    if factory is not None:
         # Calling the factory here would write the build machine's facts (its hostname) into
         # the template, so the line stays empty and the agent computes the value when it starts.
         return "", "" if "default:" in (field.description or "") else "default: computed at start"

@@ -34,7 +34,7 @@ def no_settings_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def load(env_file: Path) -> Settings:
-    return Settings(_env_file=env_file)  # type: ignore[call-arg]
+    return Settings(_env_file=env_file)
 
 
 class TestEnvTemplate:

@@ -1,35 +1,57 @@
-"""Command handlers: the `Handler` protocol, the `HandlerContext` it works through, and the
-registry that loads handlers from the `smsagent.handlers` entry-point group.
+"""Command handlers: the registry that loads them from the `smsagent.handlers` entry-point
+group, and the boundary every handler call passes.
 
 A handler serves either commands by name (`commands`: STOP, SKIP, DELETE, ...) or the work of
 task types (`task_types`: START, PREMIGRATE and SYNC of `MIGRATE_FILE`, a plugin's own type).
 Built-ins and plugins load the same way, once at startup, and are validated then: a broken or
 clashing handler stops the agent from starting with an error naming it and its distribution.
+The protocol, context and outcome types live in `handler_api` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from importlib.metadata import Distribution, EntryPoint, distributions
-from typing import Any, Callable, ClassVar, Final, Optional, Protocol
+from typing import Any, Callable, Final, Optional
 
 import structlog
-from pydantic import JsonValue
-from structlog.typing import FilteringBoundLogger
 
+from smsagent.agent.handler_api import (
+    SETTLED_STATES,
+    CommandEnvelope,
+    Handler,
+    HandlerContext,
+    HandlerOutcome,
+    ProgressReporter,
+)
 from smsagent.agent.machine import WORK_ACTIONS, Action, State
-from smsagent.agent.outbox import ResultKey
 from smsagent.agent.store import TASK, Store, TaskRecord
-from smsagent.agent.work import CancelReason, CancelToken, WorkCancelled, WorkControl
-from smsagent.api.client import SmsClient
-from smsagent.api.enums import CommandName, CommandResult, SubtaskName
-from smsagent.api.models import Task
-from smsagent.config import Settings
+from smsagent.agent.work import CancelReason, WorkCancelled
+from smsagent.api.enums import CommandName
 from smsagent.log import scrub
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ERROR_HANDLER_FAILED",
+    "ERROR_NO_HANDLER",
+    "REQUIRED_COMMANDS",
+    "SETTLED_STATES",
+    "WORK_COMMANDS",
+    "CommandEnvelope",
+    "Handler",
+    "HandlerContext",
+    "HandlerInfo",
+    "HandlerLoadError",
+    "HandlerOutcome",
+    "HandlerRegistry",
+    "ProgressReporter",
+    "apply_outcome",
+    "invoke",
+    "no_handler_outcome",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -50,165 +72,10 @@ REQUIRED_COMMANDS: Final = frozenset(
 )
 ERROR_HANDLER_FAILED: Final = "SMSAGENT.HANDLER_FAILED"
 ERROR_NO_HANDLER: Final = "SMSAGENT.NO_HANDLER"
-# States an outcome may leave the task in; the transitional ones belong to the machine.
-SETTLED_STATES: Final = frozenset(
-    {State.idle, State.stopped, State.replicated, State.failed, State.finished}
-)
 
 
 class HandlerLoadError(Exception):
     """A handler could not be loaded or clashes with another; names the entry point(s)."""
-
-
-@dataclass(frozen=True)
-class CommandEnvelope:
-    """One command as a handler receives it.
-
-    Attributes:
-        command: the command.
-        action: what the machine decided (start, resume, sync, premigrate, cancel, ...).
-        sequence: the task's command sequence when decided; keys the result.
-        task_id: the task the command is for, if any.
-        task_type: the task's type (`MIGRATE_FILE`, a plugin's type), if known.
-        task: the task as `GET /v3/tasks/{id}` returned it, for work commands.
-        bucket: `command_param.bucket` (log upload).
-    """
-
-    command: CommandName
-    action: Action
-    sequence: int
-    task_id: Optional[str] = None
-    task_type: Optional[str] = None
-    task: Optional[Task] = None
-    bucket: Optional[str] = None
-
-    @property
-    def result_key(self) -> ResultKey:
-        """The outbox key of this command's result."""
-        return ResultKey(self.task_id, self.command, self.sequence)
-
-
-@dataclass(frozen=True)
-class HandlerOutcome:
-    """How a handler ended.
-
-    Attributes:
-        result: the result owed to the server, or None when none is.
-        next_state: the state the task settles in, or None to leave it as it is.
-        error_code: why it failed, for a `fail` result.
-        message: one sentence for the result detail and the log.
-        detail: more `result_detail` fields.
-    """
-
-    result: Optional[CommandResult] = None
-    next_state: Optional[State] = None
-    error_code: Optional[str] = None
-    message: str = ""
-    detail: Mapping[str, JsonValue] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.next_state is not None and self.next_state not in SETTLED_STATES:
-            msg = f"an outcome cannot leave the task {self.next_state.value}"
-            raise ValueError(msg)
-
-    @classmethod
-    def success(
-        cls,
-        message: str = "",
-        *,
-        next_state: Optional[State] = None,
-        detail: Optional[Mapping[str, JsonValue]] = None,
-    ) -> HandlerOutcome:
-        """The command succeeded."""
-        return cls(CommandResult.success, next_state, None, message, dict(detail or {}))
-
-    @classmethod
-    def failure(
-        cls,
-        error_code: str,
-        message: str,
-        *,
-        next_state: Optional[State] = None,
-        detail: Optional[Mapping[str, JsonValue]] = None,
-    ) -> HandlerOutcome:
-        """The command failed, for the reason `error_code` names."""
-        return cls(CommandResult.fail, next_state, error_code, message, dict(detail or {}))
-
-    @classmethod
-    def settled(cls, next_state: State, message: str = "") -> HandlerOutcome:
-        """The task settled in `next_state`; no result is owed."""
-        return cls(None, next_state, None, message)
-
-    @classmethod
-    def interrupted(cls) -> HandlerOutcome:
-        """Work was cut short by shutdown: the state stays (resumable) and nothing is owed."""
-        return cls()
-
-
-class ProgressReporter(Protocol):
-    """Reports a stage's progress to SMS (`PUT /v3/tasks/{id}/progress`), throttled."""
-
-    async def report(
-        self, stage: SubtaskName, bytes_done: int, bytes_total: int, *, force: bool = False
-    ) -> None:
-        """Progress of `stage`; sent at once with `force` (stage start and end), else at most
-        every `progress_interval`, latest wins."""
-
-
-@dataclass(frozen=True)
-class HandlerContext:
-    """Everything a handler may use; a handler talks to the world only through these.
-
-    Attributes:
-        client: the SMS API.
-        store: the state directory.
-        settings: the agent's settings.
-        progress: progress reporting for the task.
-        cancel: asks the handler to stop (by command or for shutdown) at its checkpoints.
-        work: the migration work in progress, for handlers that stop it or skip a stage.
-        log: a logger bound to the task and command.
-        task_id: the task the handler acts for, if any.
-        clock: wall-clock seconds.
-    """
-
-    client: SmsClient
-    store: Store
-    settings: Settings
-    progress: ProgressReporter
-    cancel: CancelToken
-    work: WorkControl
-    log: FilteringBoundLogger
-    task_id: Optional[str] = None
-    clock: Callable[[], float] = time.time
-
-    def task_record(self) -> Optional[TaskRecord]:
-        """The stored record of this handler's task, or None if the store holds another."""
-        record = self.store.load(TASK).value
-        if record is None or record.task_id != self.task_id:
-            return None
-        return record
-
-    def update_task(self, change: Callable[[TaskRecord], TaskRecord]) -> Optional[TaskRecord]:
-        """Apply `change` to this handler's task record and save it; None if it is gone."""
-        record = self.task_record()
-        if record is None:
-            return None
-        updated = change(record)
-        self.store.save(TASK, updated)
-        return updated
-
-
-class Handler(Protocol):
-    """A command or task-type handler, registered under the `smsagent.handlers` group.
-
-    The class is instantiated once, without arguments, at startup.
-    """
-
-    commands: ClassVar[frozenset[CommandName]]
-    task_types: ClassVar[frozenset[str]]
-
-    async def handle(self, ctx: HandlerContext, command: CommandEnvelope) -> HandlerOutcome:
-        """Carry out one command; idempotent, since a command may arrive again."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,180 @@
+"""What a handler sees: the `Handler` protocol, the `CommandEnvelope` it is given, the
+`HandlerContext` it works through and the `HandlerOutcome` it returns.
+
+Plugin authors import these names from `smsagent.agent.handlers`, which re-exports them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Final, Optional, Protocol
+
+from pydantic import JsonValue
+from structlog.typing import FilteringBoundLogger
+
+from smsagent.agent.machine import Action, State
+from smsagent.agent.outbox import ResultKey
+from smsagent.agent.store import TASK, Store, TaskRecord
+from smsagent.agent.work import CancelToken, WorkControl
+from smsagent.api.client import SmsClient
+from smsagent.api.enums import CommandName, CommandResult, SubtaskName
+from smsagent.api.models import Task
+from smsagent.config import Settings
+
+# States an outcome may leave the task in; the transitional ones belong to the machine.
+SETTLED_STATES: Final = frozenset(
+    {State.idle, State.stopped, State.replicated, State.failed, State.finished}
+)
+
+
+@dataclass(frozen=True)
+class CommandEnvelope:
+    """One command as a handler receives it.
+
+    Attributes:
+        command: the command.
+        action: what the machine decided (start, resume, sync, premigrate, cancel, ...).
+        sequence: the task's command sequence when decided; keys the result.
+        task_id: the task the command is for, if any.
+        task_type: the task's type (`MIGRATE_FILE`, a plugin's type), if known.
+        task: the task as `GET /v3/tasks/{id}` returned it, for work commands.
+        bucket: `command_param.bucket` (log upload).
+    """
+
+    command: CommandName
+    action: Action
+    sequence: int
+    task_id: Optional[str] = None
+    task_type: Optional[str] = None
+    task: Optional[Task] = None
+    bucket: Optional[str] = None
+
+    @property
+    def result_key(self) -> ResultKey:
+        """The outbox key of this command's result."""
+        return ResultKey(self.task_id, self.command, self.sequence)
+
+
+@dataclass(frozen=True)
+class HandlerOutcome:
+    """How a handler ended.
+
+    Attributes:
+        result: the result owed to the server, or None when none is.
+        next_state: the state the task settles in, or None to leave it as it is.
+        error_code: why it failed, for a `fail` result.
+        message: one sentence for the result detail and the log.
+        detail: more `result_detail` fields.
+    """
+
+    result: Optional[CommandResult] = None
+    next_state: Optional[State] = None
+    error_code: Optional[str] = None
+    message: str = ""
+    detail: Mapping[str, JsonValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.next_state is not None and self.next_state not in SETTLED_STATES:
+            msg = f"an outcome cannot leave the task {self.next_state.value}"
+            raise ValueError(msg)
+
+    @classmethod
+    def success(
+        cls,
+        message: str = "",
+        *,
+        next_state: Optional[State] = None,
+        detail: Optional[Mapping[str, JsonValue]] = None,
+    ) -> HandlerOutcome:
+        """The command succeeded."""
+        return cls(CommandResult.success, next_state, None, message, dict(detail or {}))
+
+    @classmethod
+    def failure(
+        cls,
+        error_code: str,
+        message: str,
+        *,
+        next_state: Optional[State] = None,
+        detail: Optional[Mapping[str, JsonValue]] = None,
+    ) -> HandlerOutcome:
+        """The command failed, for the reason `error_code` names."""
+        return cls(CommandResult.fail, next_state, error_code, message, dict(detail or {}))
+
+    @classmethod
+    def settled(cls, next_state: State, message: str = "") -> HandlerOutcome:
+        """The task settled in `next_state`; no result is owed."""
+        return cls(None, next_state, None, message)
+
+    @classmethod
+    def interrupted(cls) -> HandlerOutcome:
+        """Work was cut short by shutdown: the state stays (resumable) and nothing is owed."""
+        return cls()
+
+
+class ProgressReporter(Protocol):
+    """Reports a stage's progress to SMS (`PUT /v3/tasks/{id}/progress`), throttled."""
+
+    async def report(
+        self, stage: SubtaskName, bytes_done: int, bytes_total: int, *, force: bool = False
+    ) -> None:
+        """Progress of `stage`; sent at once with `force` (stage start and end), else at most
+        every `progress_interval`, latest wins."""
+
+
+@dataclass(frozen=True)
+class HandlerContext:
+    """Everything a handler may use; a handler talks to the world only through these.
+
+    Attributes:
+        client: the SMS API.
+        store: the state directory.
+        settings: the agent's settings.
+        progress: progress reporting for the task.
+        cancel: asks the handler to stop (by command or for shutdown) at its checkpoints.
+        work: the migration work in progress, for handlers that stop it or skip a stage.
+        log: a logger bound to the task and command.
+        task_id: the task the handler acts for, if any.
+        clock: wall-clock seconds.
+    """
+
+    client: SmsClient
+    store: Store
+    settings: Settings
+    progress: ProgressReporter
+    cancel: CancelToken
+    work: WorkControl
+    log: FilteringBoundLogger
+    task_id: Optional[str] = None
+    clock: Callable[[], float] = time.time
+
+    def task_record(self) -> Optional[TaskRecord]:
+        """The stored record of this handler's task, or None if the store holds another."""
+        record = self.store.load(TASK).value
+        if record is None or record.task_id != self.task_id:
+            return None
+        return record
+
+    def update_task(self, change: Callable[[TaskRecord], TaskRecord]) -> Optional[TaskRecord]:
+        """Apply `change` to this handler's task record and save it; None if it is gone."""
+        record = self.task_record()
+        if record is None:
+            return None
+        updated = change(record)
+        self.store.save(TASK, updated)
+        return updated
+
+
+class Handler(Protocol):
+    """A command or task-type handler, registered under the `smsagent.handlers` group.
+
+    The class is instantiated once, without arguments, at startup.
+    """
+
+    commands: ClassVar[frozenset[CommandName]]
+    task_types: ClassVar[frozenset[str]]
+
+    async def handle(self, ctx: HandlerContext, command: CommandEnvelope) -> HandlerOutcome:
+        """Carry out one command; idempotent, since a command may arrive again."""

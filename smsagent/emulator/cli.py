@@ -10,7 +10,7 @@ import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from pydantic import ValidationError
 
@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument(
         "--state", type=Path, help="SQLite file that keeps all data across restarts"
     )
-    serving.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    serving.add_argument(
+        "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger bodies get 413"
+    )
     auth = parser.add_argument_group("authentication")
     auth.add_argument("--ak", required=True, help="access key whose signatures are accepted")
     auth.add_argument("--sk", required=True, help="its secret key")
@@ -139,6 +141,8 @@ def options_from(args: argparse.Namespace) -> EmulatorOptions:
     ):
         if value <= 0:
             raise UsageError(f"{flag} must be more than 0 seconds")
+    if args.max_body_bytes <= 0:
+        raise UsageError("--max-body-bytes must be more than 0")
     user = IamUser(args.iam_user, args.iam_password, args.iam_domain) if all(iam_parts) else None
     return EmulatorOptions(
         ak=args.ak,
@@ -170,7 +174,9 @@ def ssl_context_from(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
     return context
 
 
-async def _run(options: EmulatorOptions, args: argparse.Namespace, tls: Any) -> None:
+async def _run(
+    options: EmulatorOptions, args: argparse.Namespace, tls: Optional[ssl.SSLContext]
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -118,26 +118,50 @@ def lost_found_excludes(mount_paths: Iterable[str]) -> tuple[str, ...]:
     return tuple(f"/{path}/lost+found/*" for path in mount_paths if path)
 
 
+def skipped_mount_excludes(mount_paths: Iterable[str]) -> tuple[str, ...]:
+    """`<mount>/*` for every mount below the source root that is not copied.
+
+    Args:
+        mount_paths: their mount points relative to the source root.
+    """
+    return tuple(f"/{path}/*" for path in mount_paths if path)
+
+
 def filter_rules(excludes: Sequence[str]) -> tuple[str, ...]:
     """rsync `--filter` rules that exclude each path (an excluded path is also never deleted)."""
     return tuple(f"- {path}" for path in dict.fromkeys(excludes))
 
 
 def migrate_excludes(
-    user_value: Optional[str], *, agent_paths: Sequence[str] = (), mount_paths: Sequence[str] = ()
+    user_value: Optional[str],
+    *,
+    agent_paths: Sequence[str] = (),
+    mount_paths: Sequence[str] = (),
+    skipped_mount_paths: Sequence[str] = (),
 ) -> tuple[str, ...]:
-    """Everything a full copy leaves out: the defaults, the agent's files and the user's list.
+    """Everything a full copy leaves out: the defaults, lost+found of each file system, the
+    contents of mounts that are not copied, the agent's own files and the user's list.
 
     Raises:
         PathListError: `MIGRATE_EXCLUDE_DIR` is malformed.
     """
     user = parse_path_list(user_value, "MIGRATE_EXCLUDE_DIR")
-    combined = (*MIGRATE_DEFAULT_EXCLUDES, *lost_found_excludes(mount_paths), *agent_paths, *user)
+    combined = (
+        *MIGRATE_DEFAULT_EXCLUDES,
+        *lost_found_excludes(mount_paths),
+        *skipped_mount_excludes(skipped_mount_paths),
+        *agent_paths,
+        *user,
+    )
     return tuple(dict.fromkeys(combined))
 
 
 def sync_excludes(
-    user_value: Optional[str], *, agent_paths: Sequence[str] = (), mount_paths: Sequence[str] = ()
+    user_value: Optional[str],
+    *,
+    agent_paths: Sequence[str] = (),
+    mount_paths: Sequence[str] = (),
+    skipped_mount_paths: Sequence[str] = (),
 ) -> tuple[str, ...]:
     """Everything a sync leaves out (and so also never deletes on the target).
 
@@ -145,7 +169,13 @@ def sync_excludes(
         PathListError: `SYNC_EXCLUDE_DIR` is malformed.
     """
     user = parse_path_list(user_value, "SYNC_EXCLUDE_DIR")
-    combined = (*SYNC_DEFAULT_EXCLUDES, *lost_found_excludes(mount_paths), *agent_paths, *user)
+    combined = (
+        *SYNC_DEFAULT_EXCLUDES,
+        *lost_found_excludes(mount_paths),
+        *skipped_mount_excludes(skipped_mount_paths),
+        *agent_paths,
+        *user,
+    )
     return tuple(dict.fromkeys(combined))
 
 

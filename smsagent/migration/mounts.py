@@ -76,8 +76,13 @@ class SourceFilesystem:
 
 @dataclass(frozen=True)
 class SkippedMount:
-    """A mount under the source root that is not copied, and why."""
+    """A mount under the source root that is not copied, and why.
 
+    Its mount-point directory is still created on the target; its contents must be excluded
+    explicitly, because `--one-file-system` cannot tell a bind mount from its own file system.
+    """
+
+    relative_path: str
     mount_point: str
     fs_type: str
     reason: str
@@ -212,7 +217,8 @@ def select_filesystems(
     for entry in sorted(below, key=lambda e: e.mount_point.count("/")):
         reason = _skip_reason(entry, kept, [s.mount_point for s in skipped], local_types)
         if reason:
-            skipped.append(SkippedMount(entry.mount_point, entry.fs_type, reason))
+            relative = posixpath.relpath(entry.mount_point, root)
+            skipped.append(SkippedMount(relative, entry.mount_point, entry.fs_type, reason))
             continue
         kept.append((entry.device, entry.root, entry.mount_point))
         relative = posixpath.relpath(entry.mount_point, root)

@@ -77,16 +77,20 @@ class TestParsePathList:
 
 class TestPassExcludes:
     def test_migrate(self) -> None:
-        """Defaults, then lost+found of each mount, the agent's own files, the user's list."""
+        """Defaults, lost+found of each mount, skipped mounts' contents, the agent's files, the
+        user's list."""
         excludes = migrate_excludes(
             "/var/cache/*,/proc/*",
             agent_paths=("/var/lib/smsagent", "/etc/smsagent/smsagent.env"),
             mount_paths=("", "home", "data disk"),
+            skipped_mount_paths=("run", "srv/data"),
         )
         assert excludes == (
             *MIGRATE_DEFAULT_EXCLUDES,
             "/home/lost+found/*",
             "/data disk/lost+found/*",
+            "/run/*",
+            "/srv/data/*",
             "/var/lib/smsagent",
             "/etc/smsagent/smsagent.env",
             "/var/cache/*",

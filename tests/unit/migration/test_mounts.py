@@ -139,6 +139,7 @@ class TestSelectFilesystems:
         assert selection.filesystems[0].mount_point == "/"
         # /opt is outside the source root, so binding it in brings new data; etc2 does not.
         assert [skip.mount_point for skip in selection.skipped] == ["/tmp/src/etc2"]
+        assert [skip.relative_path for skip in selection.skipped] == ["etc2"]
 
     def test_source_root_on_an_unusual_file_system(self) -> None:
         """The file system holding the source root is copied whatever its type."""

@@ -8,21 +8,27 @@ from typing import Callable
 
 import pytest
 
-from smsagent.migration.streams import Stream, plan_streams, tree_bytes, work_units
+from smsagent.migration.streams import Stream, Survey, plan_streams, survey_tree, work_units
 
 MiB = 1024 * 1024
 
 
-def _estimator(root: Path, sizes: dict[str, int]) -> Callable[[str], int]:
-    """Sizes by relative path; a directory's size includes what lies below it."""
+def _surveyor(root: Path, sizes: dict[str, int]) -> Callable[[str, frozenset[str]], Survey]:
+    """Sizes by relative path; a unit's size is what lies below it minus the skipped subtrees."""
 
-    def estimate(path: str) -> int:
+    def survey(path: str, skip: frozenset[str]) -> Survey:
         rel = os.path.relpath(path, root)
-        if rel == ".":
-            return sum(sizes.values())
-        return sum(size for key, size in sizes.items() if key == rel or key.startswith(rel + "/"))
+        skipped = {os.path.relpath(p, root) for p in skip}
+        return Survey(
+            sum(
+                size
+                for key, size in sizes.items()
+                if (rel == "." or key == rel or key.startswith(rel + "/"))
+                and not any(key == s or key.startswith(s + "/") for s in skipped)
+            )
+        )
 
-    return estimate
+    return survey
 
 
 def _copied_by(streams: tuple[Stream, ...], name: str) -> list[Stream]:
@@ -59,7 +65,7 @@ class TestPlanStreams:
         """With as many file systems as streams, each gets its own; the root leaves the rest."""
         sizes = {"usr": 50 * MiB, "home": 40 * MiB, "data": 30 * MiB}
         streams = plan_streams(
-            str(server), ["", "home", "data"], 3, estimate=_estimator(server, sizes)
+            str(server), ["", "home", "data"], 3, survey=_surveyor(server, sizes)
         )
         by_source = {stream.sources: stream for stream in streams}
         assert set(by_source) == {("",), ("home",), ("data",)}
@@ -69,7 +75,7 @@ class TestPlanStreams:
     def test_split_by_top_level_directory(self, server: Path) -> None:
         """Fewer mounts than streams: top-level directories are dealt out, balanced by size."""
         sizes = {"usr": 60 * MiB, "var": 30 * MiB, "etc": 10 * MiB, "opt": 20 * MiB}
-        streams = plan_streams(str(server), ["", "home"], 3, estimate=_estimator(server, sizes))
+        streams = plan_streams(str(server), ["", "home"], 3, survey=_surveyor(server, sizes))
         assert len(streams) == 3
         assert _covered(streams).count("usr") == 1
         loads = sorted(stream.size_bytes for stream in streams)
@@ -82,7 +88,7 @@ class TestPlanStreams:
     def test_split_dir_with_its_root_is_not_a_second_source(self, server: Path) -> None:
         """A top-level dir dealt to the root's own stream is copied through the root."""
         sizes = {"usr": 100 * MiB}
-        streams = plan_streams(str(server), [""], 2, estimate=_estimator(server, sizes))
+        streams = plan_streams(str(server), [""], 2, survey=_surveyor(server, sizes))
         assert [s.sources for s in streams] == [("usr",), ("",)]
         root_stream = streams[1]
         assert root_stream.filter_rules == ("- /usr/*",)
@@ -90,7 +96,7 @@ class TestPlanStreams:
 
     def test_symlinks_and_files_stay_with_the_root(self, server: Path) -> None:
         """Only real directories on the same file system are split off."""
-        streams = plan_streams(str(server), [""], 4, estimate=lambda _: 1)
+        streams = plan_streams(str(server), [""], 4, survey=lambda path, skip: Survey(1))
         sources = _covered(streams)
         assert "bin" not in sources
         assert "vmlinuz" not in sources
@@ -111,15 +117,40 @@ class TestPlanStreams:
             plan_streams(str(server), [""], 0)
 
 
-class TestTreeBytes:
+class TestHardLinks:
+    def test_units_sharing_a_hard_link_share_a_stream(self, server: Path) -> None:
+        """Directories holding names of one inode are copied by one stream, so it stays one."""
+        (server / "usr" / "big").write_bytes(os.urandom(2 * MiB))
+        (server / "var" / "data").write_bytes(os.urandom(MiB))
+        (server / "etc" / "x").write_bytes(os.urandom(MiB))
+        os.link(server / "var" / "data", server / "opt" / "data-link")
+        streams = plan_streams(str(server), [""], 4)
+        assert len(streams) > 1
+        assert len(_copied_by(streams, "var")) == 1
+        assert _copied_by(streams, "var") == _copied_by(streams, "opt")
+
+
+class TestSurveyTree:
     def test_counts_allocation(self, tmp_path: Path) -> None:
         """Allocated bytes are counted; holes in sparse files are not."""
         (tmp_path / "d").mkdir()
         (tmp_path / "d" / "data").write_bytes(os.urandom(MiB))
         with open(tmp_path / "sparse", "wb") as handle:
             handle.truncate(100 * MiB)
-        assert MiB <= tree_bytes(str(tmp_path)) < 2 * MiB
+        assert MiB <= survey_tree(str(tmp_path)).size_bytes < 2 * MiB
+
+    def test_skip_and_links(self, tmp_path: Path) -> None:
+        """Skipped subtrees are left out; files with several names are reported by inode."""
+        (tmp_path / "keep").mkdir()
+        (tmp_path / "skip").mkdir()
+        (tmp_path / "keep" / "a").write_bytes(os.urandom(MiB))
+        os.link(tmp_path / "keep" / "a", tmp_path / "keep" / "b")
+        (tmp_path / "skip" / "c").write_bytes(os.urandom(MiB))
+        found = survey_tree(str(tmp_path), frozenset({str(tmp_path / "skip")}))
+        assert MiB <= found.size_bytes < 2 * MiB
+        info = (tmp_path / "keep" / "a").stat()
+        assert found.linked_inodes == {(info.st_dev, info.st_ino)}
 
     def test_missing_path(self, tmp_path: Path) -> None:
         """A path that vanished counts as empty."""
-        assert tree_bytes(str(tmp_path / "gone")) == 0
+        assert survey_tree(str(tmp_path / "gone")) == Survey(0)

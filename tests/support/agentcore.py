@@ -1,8 +1,9 @@
-"""Seams for driving handlers in tests: settings, a handler context, a progress log, plugins.
+"""Seams for driving handlers in tests: settings, a handler context, a progress log, a runner
+that starts handlers the way the poller does, and hand-installed plugin distributions.
 
-progress = ProgressLog()
-ctx = handler_context(store, settings, progress=progress, cancel=token, work=slot, task_id="t1")
-outcome = await invoke(handler, ctx, envelope)
+    runner = Runner(store, settings, HandlerRegistry.load())
+    work = runner.start_work(envelope(CommandName.START, Action.start_task, task=task))
+    stop = await runner.command(envelope(CommandName.STOP, Action.cancel_task))
 """
 
 from __future__ import annotations
@@ -18,12 +19,21 @@ from typing import Any, Optional
 import structlog
 from pydantic import SecretStr
 
-from smsagent.agent.handlers import HandlerContext
-from smsagent.agent.store import Store
+from smsagent.agent.handlers import (
+    CommandEnvelope,
+    Handler,
+    HandlerContext,
+    HandlerOutcome,
+    HandlerRegistry,
+    invoke,
+)
+from smsagent.agent.machine import Action
+from smsagent.agent.store import TASK, Store, TaskRecord
 from smsagent.agent.work import CancelToken, WorkControl, WorkSlot
 from smsagent.api.auth import TokenCredentials
 from smsagent.api.client import SmsClient
-from smsagent.api.enums import SubtaskName
+from smsagent.api.enums import CommandName, SubtaskName
+from smsagent.api.models import Task
 from smsagent.config import Settings
 
 
@@ -121,3 +131,60 @@ def write_distribution(
     (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
     [dist] = [d for d in distributions(path=[str(site)]) if d.metadata["Name"] == name]
     return dist
+
+
+class Runner:
+    """Starts handlers the way the poller does: work in a real slot, commands as their own
+    calls, both through `invoke`."""
+
+    def __init__(self, store: Store, settings: Settings, registry: HandlerRegistry) -> None:
+        self.store = store
+        self.settings = settings
+        self.registry = registry
+        self.slot: WorkSlot[HandlerOutcome] = WorkSlot()
+        self.progress = ProgressLog()
+
+    def remember(self, record: TaskRecord) -> None:
+        self.store.save(TASK, record)
+
+    def start_work(
+        self, envelope: CommandEnvelope, handler: Optional[Handler] = None
+    ) -> asyncio.Task[HandlerOutcome]:
+        chosen = handler or self.registry.resolve(envelope)
+        assert envelope.task_id is not None
+        return self.slot.start(
+            envelope.task_id,
+            lambda token: invoke(
+                chosen,
+                handler_context(
+                    self.store,
+                    self.settings,
+                    progress=self.progress,
+                    cancel=token,
+                    work=self.slot,
+                    task_id=envelope.task_id,
+                ),
+                envelope,
+            ),
+        )
+
+    async def command(self, envelope: CommandEnvelope) -> HandlerOutcome:
+        ctx = handler_context(
+            self.store,
+            self.settings,
+            progress=self.progress,
+            work=self.slot,
+            task_id=envelope.task_id,
+        )
+        return await invoke(self.registry.resolve(envelope), ctx, envelope)
+
+
+def envelope(
+    command: CommandName,
+    action: Action,
+    task_id: str = "t1",
+    task: Optional[Task] = None,
+    sequence: int = 1,
+) -> CommandEnvelope:
+    """A command as the poller would hand it over, for an FSCOPY_TEST task."""
+    return CommandEnvelope(command, action, sequence, task_id, "FSCOPY_TEST", task)

@@ -13,7 +13,7 @@ from smsagent.agent.machine import Action, State
 from smsagent.agent.store import TASK, TaskRecord
 from smsagent.agent.work import CancelReason
 from smsagent.api.enums import CommandName, CommandResult
-from tests.unit.handlers.conftest import Runner, envelope
+from tests.support.agentcore import Runner, envelope
 
 
 class Waiting:

@@ -16,7 +16,7 @@ from smsagent.agent.store import TASK, TaskRecord
 from smsagent.agent.work import CancelReason
 from smsagent.api.enums import CommandName, CommandResult, SubtaskName
 from smsagent.api.models import Task
-from tests.unit.handlers.conftest import Runner, envelope
+from tests.support.agentcore import Runner, envelope
 
 FILES = 48
 FILE_BYTES = 192 * 1024

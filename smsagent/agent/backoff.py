@@ -11,7 +11,8 @@ makes every schedule reproducible.
   above a one-second floor, so no server behaviour can make a tight loop. A success resets n.
 - A `Retry-After` is honoured: the delay is never shorter than it, up to the cap (a server
   asking for longer gets the cap, since a longer silence shows the agent as disconnected).
-- A refusal (403) or an unexpected failure waits near the cap: in [0.8 cap, cap].
+- A refusal (403) or an unexpected failure waits near the cap: in [0.8 cap, cap], never under
+  the one-second floor.
 """
 
 from __future__ import annotations
@@ -156,7 +157,9 @@ class Schedule:
         if outcome.kind is OutcomeKind.error:
             delay_s = error_delay_s(self._errors, self.backoff_cap_s, self._rng)
         else:
-            delay_s = self._rng.uniform(AT_CAP_LOW * self.backoff_cap_s, self.backoff_cap_s)
+            floor_s, _ = error_delay_bounds(1, self.backoff_cap_s)
+            low_s = max(AT_CAP_LOW * self.backoff_cap_s, floor_s)
+            delay_s = self._rng.uniform(low_s, self.backoff_cap_s)
         return honour_retry_after(delay_s, outcome.retry_after_s, self.backoff_cap_s)
 
     def _jittered(self, period_s: float) -> float:

@@ -80,6 +80,11 @@ class TestBackoff:
         delays = [schedule.next_delay(kind) for _ in range(100)]
         assert all(240.0 <= d <= 300.0 for d in delays)
 
+    def test_small_cap_keeps_the_floor(self) -> None:
+        """With a cap near one second, waits at the cap still respect the one-second floor."""
+        schedule = _schedule(cap_s=1.1)
+        assert all(1.0 <= schedule.next_delay(Outcome.forbidden) <= 1.1 for _ in range(200))
+
     def test_retry_after_is_never_undercut(self) -> None:
         """A Retry-After longer than the jittered delay is waited in full."""
         schedule = _schedule()

@@ -49,7 +49,15 @@ _SSH_FAILURES: Final[tuple[tuple[re.Pattern[str], str, str], ...]] = (
     (re.compile(r"Connection refused"), CONNECT_REFUSED, "the target refused the connection"),
 )
 
-_CIPHERS: Final = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-ctr,aes256-ctr"
+_CIPHERS: Final = ",".join(
+    (
+        "aes128-gcm@openssh.com",
+        "chacha20-poly1305@openssh.com",
+        "aes256-gcm@openssh.com",
+        "aes128-ctr",
+        "aes256-ctr",
+    )
+)
 SSH_EXIT_FAILED: Final = 255
 KEY_FILE_MODE: Final = 0o600
 KEY_DIR_MODE: Final = 0o700

@@ -175,118 +175,123 @@ def is_active(state: State) -> bool:
     return state in ACTIVE_STATES
 
 
-_S = State
-_A = Action
-_OK = CommandResult.success
-_FAIL = CommandResult.fail
-_C = CommandName
-
-
 def _go(state: State, action: Action = Action.none) -> Decision:
     return Decision(state, action)
 
 
 def _ok(state: State, message: str) -> Decision:
-    return Decision(state, Action.none, _OK, None, message)
+    return Decision(state, Action.none, CommandResult.success, None, message)
 
 
 def _fail(state: State, code: str, message: str) -> Decision:
-    return Decision(state, Action.none, _FAIL, code, message)
+    return Decision(state, Action.none, CommandResult.fail, code, message)
 
 
-_STOPPING_MSG: Final = "the task is stopping; send START again once it has stopped"
-_DRILL_MSG: Final = "the migration drill runs only before the migration starts"
-_SYNC_MSG: Final = "a sync needs a finished full replication; START resumes the task"
+_WHILE_STOPPING: Final = "the task is stopping; send START again once it has stopped"
+_DRILL_TOO_LATE: Final = "the migration drill runs only before the migration starts"
+_NEEDS_REPLICA: Final = "a sync needs a finished full replication; START resumes the task"
 _NOTHING_TO_SKIP: Final = "no stage is running that could be skipped"
 _NOT_RUNNING: Final = "nothing was running"
 
 
 def _start_rules() -> dict[tuple[State, CommandName], Decision]:
     return {
-        (_S.idle, _C.START): _go(_S.prechecking, _A.start_task),
-        (_S.prechecking, _C.START): _go(_S.prechecking),
-        (_S.running, _C.START): _go(_S.running),
-        (_S.stopping, _C.START): _fail(_S.stopping, ERROR_TASK_STOPPING, _STOPPING_MSG),
-        (_S.stopped, _C.START): _go(_S.prechecking, _A.resume_task),
-        (_S.replicated, _C.START): _go(_S.running, _A.sync_task),
-        (_S.failed, _C.START): _go(_S.prechecking, _A.resume_task),
-        (_S.finished, _C.START): _ok(_S.finished, "the task has already finished"),
+        (State.idle, CommandName.START): _go(State.prechecking, Action.start_task),
+        (State.prechecking, CommandName.START): _go(State.prechecking),
+        (State.running, CommandName.START): _go(State.running),
+        (State.stopping, CommandName.START): _fail(
+            State.stopping, ERROR_TASK_STOPPING, _WHILE_STOPPING
+        ),
+        (State.stopped, CommandName.START): _go(State.prechecking, Action.resume_task),
+        (State.replicated, CommandName.START): _go(State.running, Action.sync_task),
+        (State.failed, CommandName.START): _go(State.prechecking, Action.resume_task),
+        (State.finished, CommandName.START): _ok(State.finished, "the task has already finished"),
     }
 
 
 def _premigrate_rules() -> dict[tuple[State, CommandName], Decision]:
     late = {
-        state: _fail(state, ERROR_DRILL_TOO_LATE, _DRILL_MSG)
-        for state in (_S.running, _S.stopped, _S.replicated, _S.failed, _S.finished)
+        state: _fail(state, ERROR_DRILL_TOO_LATE, _DRILL_TOO_LATE)
+        for state in (State.running, State.stopped, State.replicated, State.failed, State.finished)
     }
-    rules = {(state, _C.PREMIGRATE): decision for state, decision in late.items()}
-    rules[(_S.idle, _C.PREMIGRATE)] = _go(_S.prechecking, _A.run_premigrate)
-    rules[(_S.prechecking, _C.PREMIGRATE)] = _go(_S.prechecking)
-    rules[(_S.stopping, _C.PREMIGRATE)] = _fail(_S.stopping, ERROR_TASK_STOPPING, _STOPPING_MSG)
+    rules = {(state, CommandName.PREMIGRATE): decision for state, decision in late.items()}
+    rules[(State.idle, CommandName.PREMIGRATE)] = _go(State.prechecking, Action.run_premigrate)
+    rules[(State.prechecking, CommandName.PREMIGRATE)] = _go(State.prechecking)
+    rules[(State.stopping, CommandName.PREMIGRATE)] = _fail(
+        State.stopping, ERROR_TASK_STOPPING, _WHILE_STOPPING
+    )
     return rules
 
 
 def _stop_rules() -> dict[tuple[State, CommandName], Decision]:
     return {
-        (_S.idle, _C.STOP): _ok(_S.idle, _NOT_RUNNING),
-        (_S.prechecking, _C.STOP): _go(_S.stopping, _A.cancel_task),
-        (_S.running, _C.STOP): _go(_S.stopping, _A.cancel_task),
-        (_S.stopping, _C.STOP): _go(_S.stopping),
-        (_S.stopped, _C.STOP): _ok(_S.stopped, "the task is already stopped"),
-        (_S.replicated, _C.STOP): _ok(_S.stopped, "continuous sync stopped"),
-        (_S.failed, _C.STOP): _ok(_S.failed, _NOT_RUNNING),
-        (_S.finished, _C.STOP): _ok(_S.finished, _NOT_RUNNING),
+        (State.idle, CommandName.STOP): _ok(State.idle, _NOT_RUNNING),
+        (State.prechecking, CommandName.STOP): _go(State.stopping, Action.cancel_task),
+        (State.running, CommandName.STOP): _go(State.stopping, Action.cancel_task),
+        (State.stopping, CommandName.STOP): _go(State.stopping),
+        (State.stopped, CommandName.STOP): _ok(State.stopped, "the task is already stopped"),
+        (State.replicated, CommandName.STOP): _ok(State.stopped, "continuous sync stopped"),
+        (State.failed, CommandName.STOP): _ok(State.failed, _NOT_RUNNING),
+        (State.finished, CommandName.STOP): _ok(State.finished, _NOT_RUNNING),
     }
 
 
 def _skip_rules() -> dict[tuple[State, CommandName], Decision]:
-    rules = {(state, _C.SKIP): _ok(state, _NOTHING_TO_SKIP) for state in State}
-    rules[(_S.running, _C.SKIP)] = _go(_S.running, _A.skip_stage)
+    rules = {(state, CommandName.SKIP): _ok(state, _NOTHING_TO_SKIP) for state in State}
+    rules[(State.running, CommandName.SKIP)] = _go(State.running, Action.skip_stage)
     return rules
 
 
 def _sync_rules() -> dict[tuple[State, CommandName], Decision]:
     return {
-        (_S.idle, _C.SYNC): _fail(_S.idle, ERROR_NOT_REPLICATED, _SYNC_MSG),
-        (_S.prechecking, _C.SYNC): _go(_S.prechecking),
-        (_S.running, _C.SYNC): _go(_S.running),
-        (_S.stopping, _C.SYNC): _fail(_S.stopping, ERROR_TASK_STOPPING, _STOPPING_MSG),
-        (_S.stopped, _C.SYNC): _fail(_S.stopped, ERROR_NOT_REPLICATED, _SYNC_MSG),
-        (_S.replicated, _C.SYNC): _go(_S.running, _A.sync_task),
-        (_S.failed, _C.SYNC): _fail(_S.failed, ERROR_NOT_REPLICATED, _SYNC_MSG),
-        (_S.finished, _C.SYNC): _fail(_S.finished, ERROR_TASK_FINISHED, "the task has finished"),
+        (State.idle, CommandName.SYNC): _fail(State.idle, ERROR_NOT_REPLICATED, _NEEDS_REPLICA),
+        (State.prechecking, CommandName.SYNC): _go(State.prechecking),
+        (State.running, CommandName.SYNC): _go(State.running),
+        (State.stopping, CommandName.SYNC): _fail(
+            State.stopping, ERROR_TASK_STOPPING, _WHILE_STOPPING
+        ),
+        (State.stopped, CommandName.SYNC): _fail(
+            State.stopped, ERROR_NOT_REPLICATED, _NEEDS_REPLICA
+        ),
+        (State.replicated, CommandName.SYNC): _go(State.running, Action.sync_task),
+        (State.failed, CommandName.SYNC): _fail(State.failed, ERROR_NOT_REPLICATED, _NEEDS_REPLICA),
+        (State.finished, CommandName.SYNC): _fail(
+            State.finished, ERROR_TASK_FINISHED, "the task has finished"
+        ),
     }
 
 
 def _delete_rules() -> dict[tuple[State, CommandName], Decision]:
-    rules = {(state, _C.DELETE): _go(_S.idle, _A.forget_task) for state in State}
+    rules = {(state, CommandName.DELETE): _go(State.idle, Action.forget_task) for state in State}
     for state in ACTIVE_STATES:
-        rules[(state, _C.DELETE)] = _go(_S.stopping, _A.forget_task)
+        rules[(state, CommandName.DELETE)] = _go(State.stopping, Action.forget_task)
     return rules
 
 
 def _notice_rules() -> dict[tuple[State, CommandName], Decision]:
     rules: dict[tuple[State, CommandName], Decision] = {}
-    inactive = (_S.stopped, _S.replicated, _S.failed, _S.finished)
+    inactive = (State.stopped, State.replicated, State.failed, State.finished)
     for state in State:
-        rules[(state, _C.TASK_NOT_STARTED)] = (
-            _go(_S.idle, _A.reset_task) if state in inactive else _go(state)
+        rules[(state, CommandName.TASK_NOT_STARTED)] = (
+            _go(State.idle, Action.reset_task) if state in inactive else _go(state)
         )
-        rules[(state, _C.TASK_HAS_STOPPED)] = _go(state)
-        rules[(state, _C.TASK_HAS_FINISHED)] = (
-            _go(_S.stopping, _A.finish_task) if is_active(state) else _go(_S.finished)
+        rules[(state, CommandName.TASK_HAS_STOPPED)] = _go(state)
+        rules[(state, CommandName.TASK_HAS_FINISHED)] = (
+            _go(State.stopping, Action.finish_task) if is_active(state) else _go(State.finished)
         )
-    rules[(_S.prechecking, _C.TASK_HAS_STOPPED)] = _go(_S.stopping, _A.cancel_task)
-    rules[(_S.running, _C.TASK_HAS_STOPPED)] = _go(_S.stopping, _A.cancel_task)
-    rules[(_S.replicated, _C.TASK_HAS_STOPPED)] = _go(_S.stopped)
+    rules[(State.prechecking, CommandName.TASK_HAS_STOPPED)] = _go(
+        State.stopping, Action.cancel_task
+    )
+    rules[(State.running, CommandName.TASK_HAS_STOPPED)] = _go(State.stopping, Action.cancel_task)
+    rules[(State.replicated, CommandName.TASK_HAS_STOPPED)] = _go(State.stopped)
     return rules
 
 
 def _log_rules() -> dict[tuple[State, CommandName], Decision]:
     return {
-        (state, command): _go(state, _A.upload_log)
+        (state, command): _go(state, Action.upload_log)
         for state in State
-        for command in (_C.UPLOAD_LOG, _C.RSET_LOG_ACL)
+        for command in (CommandName.UPLOAD_LOG, CommandName.RSET_LOG_ACL)
     }
 
 
@@ -310,17 +315,21 @@ def _other_task_rules() -> dict[tuple[State, CommandName], Decision]:
     for state in State:
         if is_active(state):
             busy = _fail(state, ERROR_OTHER_TASK_ACTIVE, _OTHER_ACTIVE)
-            rules[(state, _C.START)] = rules[(state, _C.PREMIGRATE)] = busy
+            rules[(state, CommandName.START)] = rules[(state, CommandName.PREMIGRATE)] = busy
         else:
-            rules[(state, _C.START)] = _go(_S.prechecking, _A.start_task)
-            rules[(state, _C.PREMIGRATE)] = _go(_S.prechecking, _A.run_premigrate)
-        for command in (_C.STOP, _C.SKIP, _C.DELETE):
+            rules[(state, CommandName.START)] = _go(State.prechecking, Action.start_task)
+            rules[(state, CommandName.PREMIGRATE)] = _go(State.prechecking, Action.run_premigrate)
+        for command in (CommandName.STOP, CommandName.SKIP, CommandName.DELETE):
             rules[(state, command)] = _ok(state, _NOT_HERE)
-        rules[(state, _C.SYNC)] = _fail(state, ERROR_UNKNOWN_TASK, _NOT_HERE)
-        for command in (_C.TASK_NOT_STARTED, _C.TASK_HAS_STOPPED, _C.TASK_HAS_FINISHED):
+        rules[(state, CommandName.SYNC)] = _fail(state, ERROR_UNKNOWN_TASK, _NOT_HERE)
+        for command in (
+            CommandName.TASK_NOT_STARTED,
+            CommandName.TASK_HAS_STOPPED,
+            CommandName.TASK_HAS_FINISHED,
+        ):
             rules[(state, command)] = _go(state)
-        for command in (_C.UPLOAD_LOG, _C.RSET_LOG_ACL):
-            rules[(state, command)] = _go(state, _A.upload_log)
+        for command in (CommandName.UPLOAD_LOG, CommandName.RSET_LOG_ACL):
+            rules[(state, command)] = _go(state, Action.upload_log)
     return rules
 
 
@@ -343,11 +352,11 @@ def decide(state: State, command: Command, *, same_task: bool = True) -> Decisio
 
 
 _STOPPING_SETTLES: Final[Mapping[Optional[CommandName], Decision]] = {
-    _C.STOP: _ok(_S.stopped, "the task was stopped"),
-    _C.TASK_HAS_STOPPED: _go(_S.stopped),
-    _C.TASK_NOT_STARTED: _go(_S.stopped),
-    _C.TASK_HAS_FINISHED: _go(_S.finished),
-    _C.DELETE: _go(_S.idle, _A.forget_task),
+    CommandName.STOP: _ok(State.stopped, "the task was stopped"),
+    CommandName.TASK_HAS_STOPPED: _go(State.stopped),
+    CommandName.TASK_NOT_STARTED: _go(State.stopped),
+    CommandName.TASK_HAS_FINISHED: _go(State.finished),
+    CommandName.DELETE: _go(State.idle, Action.forget_task),
 }
 
 
@@ -357,11 +366,11 @@ def recover(state: State, command: Optional[CommandName]) -> Decision:
     Work that a restart interrupted resumes; a stop that was under way settles.
     """
     if state is State.stopping:
-        return _STOPPING_SETTLES.get(command, _go(_S.stopped))
+        return _STOPPING_SETTLES.get(command, _go(State.stopped))
     if state is State.prechecking and command is CommandName.PREMIGRATE:
-        return _go(_S.prechecking, _A.run_premigrate)
+        return _go(State.prechecking, Action.run_premigrate)
     if state in (State.prechecking, State.running):
-        return _go(state, _A.resume_task)
+        return _go(state, Action.resume_task)
     return _go(state)
 
 

@@ -332,7 +332,8 @@ class ConnectionTracker:
     """Keeps `connection.json` current without writing on every poll.
 
     A change between healthy and failing is written at once; otherwise at most every
-    `min_interval_s`.
+    `min_interval_s`. The last run's record is read when the tracker is made, so error counts
+    carry over a restart.
 
     Args:
         store: where to write.

@@ -58,6 +58,17 @@ INNER_ENV = {
 }
 
 
+_SPAN_UNITS_S = {"": 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "ms": 0.001}
+
+
+def timespan_s(span: str) -> float:
+    """A systemd time span (`90s`, `1min 30s`, `500ms`, as in unit files and `systemctl show`)."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", span)
+    if not parts:
+        raise ValueError(f"not a time span: {span!r}")
+    return sum(float(number) * _SPAN_UNITS_S[unit] for number, unit in parts)
+
+
 class ContainerError(RuntimeError):
     """The container could not be built, booted or driven."""
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from smsagent.config import Settings
+from tests.support.nspawn import timespan_s
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "smsagent.service"
-_SPAN_UNITS_S = {"": 1, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}
 
 
 def read_unit() -> configparser.RawConfigParser:
@@ -20,13 +20,6 @@ def read_unit() -> configparser.RawConfigParser:
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     parser.read(UNIT)
     return parser
-
-
-def seconds(span: str) -> float:
-    """A systemd time span such as `90s`, `10min` or `1min 30s`, in seconds."""
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", span)
-    assert parts, f"not a time span: {span!r}"
-    return sum(float(number) * _SPAN_UNITS_S[unit] for number, unit in parts)
 
 
 class TestUnitFile:
@@ -53,9 +46,9 @@ class TestUnitFile:
     def test_automatic_restarts_never_reach_the_start_limit(self) -> None:
         """A crashing agent is retried forever: restarts alone cannot fill the start limit."""
         unit = read_unit()
-        restart_s = seconds(unit["Service"]["RestartSec"])
+        restart_s = timespan_s(unit["Service"]["RestartSec"])
         burst = int(unit["Unit"]["StartLimitBurst"])
-        interval_s = seconds(unit["Unit"]["StartLimitIntervalSec"])
+        interval_s = timespan_s(unit["Unit"]["StartLimitIntervalSec"])
 
         assert unit["Service"]["Restart"] == "on-failure"
         assert interval_s > 0, "a start limit is set"
@@ -71,14 +64,14 @@ class TestUnitFile:
         stop_grace_s = Settings.model_fields["stop_grace"].default
 
         assert unit["Service"]["KillMode"] == "mixed"
-        assert seconds(unit["Service"]["TimeoutStopSec"]) >= stop_grace_s + 30
+        assert timespan_s(unit["Service"]["TimeoutStopSec"]) >= stop_grace_s + 30
 
     def test_notify_with_watchdog_and_private_state(self) -> None:
         """Readiness and liveness come from the agent; state lives in a 0700 directory."""
         service = read_unit()["Service"]
 
         assert (service["Type"], service["NotifyAccess"]) == ("notify", "main")
-        assert seconds(service["WatchdogSec"]) >= 30
+        assert timespan_s(service["WatchdogSec"]) >= 30
         assert service["ExecStart"] == "/usr/bin/smsagent run"
         assert service["EnvironmentFile"] == "/etc/smsagent/smsagent.env"
         assert (service["StateDirectory"], service["StateDirectoryMode"]) == ("smsagent", "0700")

@@ -137,6 +137,7 @@ class HandlerContext:
         work: the migration work in progress, for handlers that stop it or skip a stage.
         log: a logger bound to the task and command.
         task_id: the task the handler acts for, if any.
+        server_id: this source server's SMS id (for `changestate` and the like), if registered.
         clock: wall-clock seconds.
     """
 
@@ -148,6 +149,7 @@ class HandlerContext:
     work: WorkControl
     log: FilteringBoundLogger
     task_id: Optional[str] = None
+    server_id: Optional[str] = None
     clock: Callable[[], float] = time.time
 
     def task_record(self) -> Optional[TaskRecord]:

@@ -33,6 +33,7 @@ DEFAULT_GRACE_S: Final = 10.0
 MIGRATE_FAILED: Final = "SMS.0805"
 SYNC_FAILED: Final = "SMS.0806"
 NETWORK_FAILED: Final = "SMS.0807"
+RSYNC_MISSING: Final = "SMS.6517"
 
 ProgressCallback = Callable[[Progress], None]
 
@@ -281,9 +282,10 @@ class RsyncResult:
 
 
 class RsyncError(Exception):
-    """A pass failed for good; `error_code` is the SMS code to report, `result` the last run."""
+    """A pass failed for good; `error_code` is the SMS code to report, `result` the last run
+    (None when rsync could not even be started)."""
 
-    def __init__(self, outcome: ExitOutcome, result: RsyncResult) -> None:
+    def __init__(self, outcome: ExitOutcome, result: Optional[RsyncResult]) -> None:
         super().__init__(f"{outcome.error_code}: {outcome.message}")
         self.error_code = outcome.error_code or MIGRATE_FAILED
         self.message = outcome.message
@@ -382,18 +384,26 @@ async def run_rsync(
     is cancelled.
 
     Args:
-        on_progress: called with every progress record, from the event loop.
+        on_progress: called with every progress record, from the event loop; if it raises,
+            rsync is stopped and the error propagates.
         env: the child's whole environment; default `minimal_env()`.
+
+    Raises:
+        RsyncError: rsync is not installed (SMS.6517).
     """
     started_at = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(env) if env is not None else minimal_env(),
-        start_new_session=True,
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=dict(env) if env is not None else minimal_env(),
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        message = f"rsync is not installed on this server ({argv[0]!r} not found)"
+        raise RsyncError(ExitOutcome(ExitClass.fatal, RSYNC_MISSING, message), None) from exc
     parser, stderr_tail = OutputParser(), LineTail()
     pump = asyncio.ensure_future(_pump(proc, parser, stderr_tail, on_progress))
     try:

@@ -69,7 +69,7 @@ def test_once_hands_a_command_out_once(emulator: EmulatorProcess) -> None:
 
 def test_once_offers_again_without_a_result(start_emulator: EmulatorFactory) -> None:
     """`once`: a command with no result is offered again after `--redeliver-after` seconds."""
-    process = start_emulator(redeliver_after=1)
+    process = start_emulator(redeliver_after=2)
     source_id, task_id = started_task(process)
     handed_out_at = time.monotonic()
     assert poll(process, source_id)["command_name"] == "START"
@@ -78,7 +78,7 @@ def test_once_offers_again_without_a_result(start_emulator: EmulatorFactory) -> 
     while (answer := poll(process, source_id)) == {}:
         assert time.monotonic() < deadline, "START was never offered again"
         time.sleep(0.05)
-    assert time.monotonic() - handed_out_at >= 1.0
+    assert time.monotonic() - handed_out_at >= 2.0
     assert answer == {"command_name": "START", "command_param": {"task_id": task_id}}
     assert process.state()["commands"][0]["delivery_count"] == 2
 
@@ -238,7 +238,7 @@ def test_registering_again_keeps_the_id(emulator: EmulatorProcess) -> None:
 
 def test_polls_keep_the_source_connected(start_emulator: EmulatorFactory) -> None:
     """A source is connected while it polls and disconnected `--disconnect-after` s after."""
-    process = start_emulator(disconnect_after=1)
+    process = start_emulator(disconnect_after=2)
     source_id = process.register_source()
     poll(process, source_id)
     first = process.state()["sources"][0]

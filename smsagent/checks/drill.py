@@ -101,7 +101,7 @@ class DrillReport:
         warnings = sum(check.result is CheckResult.WARN for check in self.checks)
         if errors:
             return f"migration drill failed: {', '.join(errors)}"
-        return f"migration drill passed ({len(self.checks)} checks, {warnings} warnings)"
+        return f"migration drill passed: {len(self.checks)} checks, {warnings} WARN"
 
     def check(self, name: str) -> Check:
         """The check called `name`.

@@ -15,6 +15,7 @@ from smsagent.migration.mounts import (
     MOUNTINFO,
     MountEntry,
     MountSelection,
+    is_within,
     read_mountinfo,
     select_filesystems,
 )
@@ -142,13 +143,22 @@ def source_data_check(data: SourceData) -> Check:
 
 
 def duplicate_mounts(data: SourceData) -> list[str]:
-    """Mount points left out because they show again a file system already being copied."""
+    """Mount points left out because they show again a file system being copied.
+
+    Mounts below a mount that is not copied at all (`/run`, `/proc`) do not count: nothing
+    under them would have been copied anyway.
+    """
     copied_devices = {fs.device for fs in data.selection.filesystems}
-    skipped_points = {skipped.mount_point for skipped in data.selection.skipped}
+    skipped_points = [skipped.mount_point for skipped in data.selection.skipped]
     return [
         entry.mount_point
         for entry in data.entries
-        if entry.mount_point in skipped_points and entry.device in copied_devices
+        if entry.mount_point in skipped_points
+        and entry.device in copied_devices
+        and not any(
+            point != entry.mount_point and is_within(entry.mount_point, point)
+            for point in skipped_points
+        )
     ]
 
 

@@ -114,6 +114,8 @@ class TargetHost:
     root: Path
     client_key: Path
     port: int = SSH_PORT
+    sshd_extra_config: str = ""
+    """Lines added to sshd's configuration at its next (re)start, e.g. `SetEnv PATH=...`."""
     _sshd: Optional[subprocess.Popen[bytes]] = field(default=None, repr=False)
     _host_key_generation: int = 0
 
@@ -333,6 +335,7 @@ class TargetHost:
                 pid_file=self.workdir / "sshd.pid",
                 authorized_keys=self.authorized_keys,
             )
+            + self.sshd_extra_config
         )
 
     def _wait_listening(self) -> None:

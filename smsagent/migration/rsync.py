@@ -1,255 +1,73 @@
-"""The rsync runner: the argv of a pass, exit codes as outcome classes, running, stopping, retrying.
+"""The rsync runner: one pass as a child in its own process group, stopped on request, retried.
 
-Building the argv and classifying exit codes are pure; `run_rsync` runs one pass as a child in its
-own process group and `run_rsync_with_retries` repeats a pass that a network failure interrupted.
+`run_rsync` runs a pass to its end or until asked to stop; `run_rsync_with_retries` runs it again
+after a network failure (rsync then reuses its partial files). The argv and the exit classes come
+from `rsync_argv` and `rsync_exit`, re-exported here so callers need one import.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import random
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Callable, Final, Optional
 
 import structlog
 
 from smsagent.migration.childproc import LineTail, drain_into, kill_group, minimal_env, stop_process
+from smsagent.migration.rsync_argv import (
+    DEFAULT_IO_TIMEOUT_S,
+    PARTIAL_DIR,
+    PassKind,
+    RsyncJob,
+    build_argv,
+    bwlimit_kib_s,
+)
+from smsagent.migration.rsync_exit import (
+    MIGRATE_FAILED,
+    NETWORK_FAILED,
+    RSYNC_MISSING,
+    SYNC_FAILED,
+    ExitClass,
+    ExitOutcome,
+    classify_exit,
+)
 from smsagent.migration.rsync_output import OutputParser, Progress, RsyncStats
-from smsagent.migration.target import AUTH_REFUSED, HOST_KEY_CHANGED, TargetSession
+
+__all__ = [
+    "DEFAULT_GRACE_S",
+    "DEFAULT_IO_TIMEOUT_S",
+    "MIGRATE_FAILED",
+    "NETWORK_FAILED",
+    "PARTIAL_DIR",
+    "RSYNC_MISSING",
+    "SYNC_FAILED",
+    "ExitClass",
+    "ExitOutcome",
+    "PassKind",
+    "Progress",
+    "ProgressCallback",
+    "RetryCallback",
+    "RetryPolicy",
+    "RsyncError",
+    "RsyncJob",
+    "RsyncResult",
+    "RsyncStats",
+    "build_argv",
+    "bwlimit_kib_s",
+    "classify_exit",
+    "run_rsync",
+    "run_rsync_with_retries",
+]
 
 log = structlog.get_logger()
 
-PARTIAL_DIR: Final = ".rsync-partial"
-DEFAULT_IO_TIMEOUT_S: Final = 600
 DEFAULT_GRACE_S: Final = 10.0
 
-# SMS error codes of the data copy (spec §6.3).
-MIGRATE_FAILED: Final = "SMS.0805"
-SYNC_FAILED: Final = "SMS.0806"
-NETWORK_FAILED: Final = "SMS.0807"
-RSYNC_MISSING: Final = "SMS.6517"
-
 ProgressCallback = Callable[[Progress], None]
-
-
-class PassKind(str, Enum):
-    """What a pass is for: the full copy, or a later incremental sync that also deletes."""
-
-    migrate = "migrate"
-    sync = "sync"
-
-
-class ExitClass(str, Enum):
-    """What an rsync exit means for the task."""
-
-    ok = "ok"
-    partial_warning = "partial_warning"  # 24: files vanished while copying a live system
-    cancelled = "cancelled"  # our own stop
-    retryable = "retryable"  # the connection or the remote side died; run the pass again
-    fatal = "fatal"  # retrying cannot help until someone fixes the cause
-
-
-@dataclass(frozen=True)
-class ExitOutcome:
-    """An exit class with the SMS error code and message to report (None/"" when ok)."""
-
-    exit_class: ExitClass
-    error_code: Optional[str]
-    message: str
-
-
-@dataclass(frozen=True)
-class RsyncJob:
-    """One rsync pass: which paths under the source root go to which remote directory, and how.
-
-    Attributes:
-        source_root: the local directory that stands for the server's `/` (normally `/`).
-        sources: paths relative to `source_root`; `""` is the source root itself. With
-            `--relative` each keeps its path under `destination`.
-        destination: the directory on the target that receives the tree (the target root).
-        kind: `sync` passes delete what no longer exists on the source.
-        filter_rules: rsync filter rules, anchored at `source_root` (see `excludes.py`).
-        bwlimit_kib_s: rsync's `--bwlimit` in KiB/s; 0 is unlimited.
-        io_timeout_s: rsync's `--timeout`: give up when no data moves for this long.
-        incremental_recursion: True streams the file list (less memory on huge trees); False
-            (the default) makes rsync's file totals exact from the start and links hard links
-            found in different directories without sending their data twice.
-        one_file_system: do not descend into other mounts below a source.
-        nanosecond_times: compare times to the nanosecond, not the second, so a directory touched
-            twice within one second is still brought in line; turn off only when the target's
-            file system keeps coarser times than the source's (each pass would resend).
-        rsync_path: the local rsync.
-        remote_rsync_path: rsync on the target, when it is not on the target's PATH.
-    """
-
-    source_root: str
-    sources: tuple[str, ...]
-    destination: str
-    kind: PassKind = PassKind.migrate
-    filter_rules: tuple[str, ...] = ()
-    bwlimit_kib_s: int = 0
-    io_timeout_s: int = DEFAULT_IO_TIMEOUT_S
-    incremental_recursion: bool = False
-    one_file_system: bool = True
-    nanosecond_times: bool = True
-    rsync_path: str = "rsync"
-    remote_rsync_path: Optional[str] = None
-
-
-def bwlimit_kib_s(limit_mbit_s: float, streams: int = 1) -> int:
-    """rsync's `--bwlimit` (KiB/s) for one of `streams` parallel passes sharing `limit_mbit_s`.
-
-    0 Mbit/s means unlimited and gives 0; any positive limit gives at least 1 KiB/s.
-    """
-    if limit_mbit_s <= 0:
-        return 0
-    bytes_per_s = limit_mbit_s * 1_000_000 / 8 / max(1, streams)
-    return max(1, round(bytes_per_s / 1024))
-
-
-def _source_argument(source_root: str, relative: str) -> str:
-    """`root/./rel`: with `--relative`, the part after `/./` is the path kept on the target."""
-    if not source_root.startswith("/"):
-        msg = f"source_root {source_root!r} must be an absolute path"
-        raise ValueError(msg)
-    parts = relative.split("/") if relative else []
-    if relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        msg = f"source {relative!r} must be a normalized path relative to the source root"
-        raise ValueError(msg)
-    base = source_root.rstrip("/") or ""
-    return f"{base}/./{relative}" if relative else f"{base}/./"
-
-
-def _options(job: RsyncJob) -> list[str]:
-    argv = [
-        "-aHAXS",
-        "--numeric-ids",
-        "--relative",
-        f"--partial-dir={PARTIAL_DIR}",
-        f"--timeout={job.io_timeout_s}",
-        "--open-noatime",
-        "--no-h",
-        "--info=progress2,stats2",
-    ]
-    if job.one_file_system:
-        argv.append("--one-file-system")
-    if not job.incremental_recursion:
-        argv.append("--no-inc-recursive")
-    if job.nanosecond_times:
-        argv.append("--modify-window=-1")
-    if job.kind is PassKind.sync:
-        # Deletions are found during the run and applied at its end, so an interrupted pass
-        # never leaves the target with files removed but their replacements not yet copied.
-        argv.append("--delete-delay")
-    if job.bwlimit_kib_s > 0:
-        argv.append(f"--bwlimit={job.bwlimit_kib_s}")
-    if job.remote_rsync_path:
-        argv.append(f"--rsync-path={job.remote_rsync_path}")
-    argv += [f"--filter={rule}" for rule in job.filter_rules]
-    return argv
-
-
-def build_argv(job: RsyncJob, target: Optional[TargetSession]) -> list[str]:
-    """The complete rsync argv of a pass; `target` None copies to a local directory.
-
-    Raises:
-        ValueError: a source is not a normalized relative path, or there is none.
-    """
-    if not job.sources:
-        msg = "an rsync pass needs at least one source"
-        raise ValueError(msg)
-    argv = [job.rsync_path, *_options(job)]
-    destination = job.destination.rstrip("/") + "/"
-    if target is not None:
-        argv += ["-e", target.remote_shell()]
-        destination = target.rsync_destination(destination)
-    # Every source is absolute and the destination starts with "/" or a host, but "--" makes
-    # sure no path is ever read as an option.
-    argv.append("--")
-    argv += [_source_argument(job.source_root, rel) for rel in job.sources]
-    argv.append(destination)
-    return argv
-
-
-# -- exit codes --------------------------------------------------------------------------------
-
-# rsync(1) EXIT VALUES. Codes not listed are fatal with a generic message.
-_EXIT_MEANINGS: Final[Mapping[int, tuple[ExitClass, str]]] = {
-    0: (ExitClass.ok, "success"),
-    1: (ExitClass.fatal, "syntax or usage error"),
-    2: (ExitClass.fatal, "protocol incompatibility (rsync on the target too old?)"),
-    3: (ExitClass.fatal, "errors selecting input/output files or directories"),
-    4: (ExitClass.fatal, "requested action not supported by rsync on one side"),
-    5: (ExitClass.retryable, "error starting the client-server protocol"),
-    10: (ExitClass.retryable, "error in socket I/O"),
-    11: (ExitClass.fatal, "error in file I/O (is the target disk full?)"),
-    12: (ExitClass.retryable, "error in the rsync protocol data stream (connection lost)"),
-    13: (ExitClass.fatal, "errors with program diagnostics"),
-    14: (ExitClass.retryable, "error in IPC code"),
-    20: (ExitClass.cancelled, "received SIGINT, SIGTERM or SIGHUP"),
-    21: (ExitClass.fatal, "some error returned by waitpid()"),
-    22: (ExitClass.fatal, "error allocating core memory buffers"),
-    23: (ExitClass.retryable, "partial transfer due to error"),
-    24: (ExitClass.partial_warning, "some source files vanished before they could be copied"),
-    25: (ExitClass.fatal, "the --max-delete limit stopped deletions"),
-    30: (ExitClass.retryable, "timeout in data send/receive"),
-    35: (ExitClass.retryable, "timeout waiting for the daemon connection"),
-    255: (ExitClass.retryable, "the SSH connection to the target failed"),
-}
-
-# stderr messages that make a retryable code fatal: retrying cannot fix them.
-_FATAL_STDERR: Final = (
-    (re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION"), HOST_KEY_CHANGED),
-    (re.compile(r"Permission denied \(|Too many authentication failures"), AUTH_REFUSED),
-    (re.compile(r"rsync: (command )?not found|rsync: No such file or directory"), None),
-)
-
-
-def _pass_code(kind: PassKind) -> str:
-    return SYNC_FAILED if kind is PassKind.sync else MIGRATE_FAILED
-
-
-def _detail(stderr_lines: Sequence[str]) -> str:
-    """The most telling stderr line: rsync's own error summary, else the last line."""
-    for line in reversed(stderr_lines):
-        if line.startswith("rsync error:") or line.startswith("rsync: "):
-            return line
-    return stderr_lines[-1] if stderr_lines else ""
-
-
-def classify_exit(
-    returncode: int, *, kind: PassKind = PassKind.migrate, stderr_lines: Sequence[str] = ()
-) -> ExitOutcome:
-    """Map rsync's exit code (and, for SSH failures, its stderr) to an outcome class.
-
-    A negative code (killed by a signal we did not send) is retryable.
-    """
-    if returncode < 0:
-        exit_class, meaning = ExitClass.retryable, f"killed by signal {-returncode}"
-    else:
-        exit_class, meaning = _EXIT_MEANINGS.get(returncode, (ExitClass.fatal, "unknown error"))
-    detail = _detail(stderr_lines)
-    message = f"rsync exited {returncode}: {meaning}" + (f" ({detail})" if detail else "")
-    if exit_class is ExitClass.ok:
-        return ExitOutcome(exit_class, None, "")
-    if exit_class in (ExitClass.partial_warning, ExitClass.cancelled):
-        return ExitOutcome(exit_class, None, message)
-    if exit_class is ExitClass.retryable:
-        text = "\n".join(stderr_lines)
-        for pattern, code in _FATAL_STDERR:
-            if pattern.search(text):
-                return ExitOutcome(ExitClass.fatal, code or _pass_code(kind), message)
-        return ExitOutcome(exit_class, NETWORK_FAILED, message)
-    return ExitOutcome(exit_class, _pass_code(kind), message)
-
-
-# -- running -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -446,9 +264,6 @@ def _result(
     )
 
 
-# -- retrying ----------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently a retryable pass is run again.
@@ -531,8 +346,3 @@ async def run_rsync_with_retries(
         if await _wait_or_cancel(cancel, delay_s):
             stopped = ExitOutcome(ExitClass.cancelled, None, "stopped on request")
             return dataclasses.replace(result, outcome=stopped, stop_requested_at=time.monotonic())
-
-
-def running_as_root() -> bool:
-    """rsync can keep owners, device nodes and every xattr only when it runs as root."""
-    return os.geteuid() == 0

@@ -49,6 +49,8 @@ MASKED_UNITS = (
     "dpkg-db-backup.timer",
     "e2scrub_all.timer",
 )
+# The booted root's host name, which the agent registers under.
+HOSTNAME = "smsagent-test"
 INNER_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "LANG": "C.UTF-8",
@@ -113,7 +115,8 @@ def root_tarball(
     packages: Sequence[str] = BASE_PACKAGES, cache_dir: Path = DEFAULT_CACHE_DIR
 ) -> Path:
     """The cached tarball of a bootstrapped root with `packages`, built on first use."""
-    key = hashlib.sha256(json.dumps([SUITE, sorted(packages), MASKED_UNITS]).encode()).hexdigest()
+    recipe = [SUITE, sorted(packages), MASKED_UNITS, HOSTNAME]
+    key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()
     tarball = cache_dir / f"debian-{SUITE}-{key[:16]}.tar"
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / ".lock", "w") as lock:
@@ -138,7 +141,7 @@ def _bootstrap_into(tarball: Path, packages: Sequence[str]) -> None:
 
 
 def _prepare_root(root: Path) -> None:
-    (root / "etc" / "hostname").write_text("smsagent-test\n")
+    (root / "etc" / "hostname").write_text(f"{HOSTNAME}\n")
     for unit in MASKED_UNITS:
         (root / "etc" / "systemd" / "system" / unit).symlink_to("/dev/null")
 

@@ -8,7 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -91,15 +92,24 @@ def root_tarball() -> Path:
     return nspawn.root_tarball()
 
 
-def container_name() -> str:
-    """A machine name unique to this test process."""
-    return f"smsagent-sys-{os.getpid()}-{next(_names)}"
+BootRoot = Callable[[Sequence[Path]], AbstractContextManager[nspawn.Container]]
+
+
+@pytest.fixture(scope="session")
+def boot(root_tarball: Path) -> BootRoot:
+    """`with boot(read_only_binds) as container:` boots a fresh root, deleted afterwards."""
+
+    def booted(read_only_binds: Sequence[Path]) -> AbstractContextManager[nspawn.Container]:
+        name = f"smsagent-sys-{os.getpid()}-{next(_names)}"
+        return nspawn.booted(root_tarball, name, read_only_binds)
+
+    return booted
 
 
 @pytest.fixture(scope="module")
-def container(root_tarball: Path) -> Iterator[nspawn.Container]:
+def container(boot: BootRoot) -> Iterator[nspawn.Container]:
     """A fresh Debian 12 root booted for this module's tests, stopped and deleted after them."""
-    with nspawn.booted(root_tarball, container_name()) as booted:
+    with boot(()) as booted:
         yield booted
 
 

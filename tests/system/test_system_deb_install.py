@@ -14,7 +14,7 @@ from smsagent import __version__
 from tests.support import nspawn
 
 if TYPE_CHECKING:
-    from tests.system.conftest import InstallDeb, Packages
+    from tests.system.conftest import BootRoot, InstallDeb, Packages
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.timeout(900)]
 
@@ -53,11 +53,9 @@ def old_python() -> Path:
 
 
 @pytest.fixture(scope="module")
-def container(root_tarball: Path) -> Iterator[nspawn.Container]:
+def container(boot: BootRoot) -> Iterator[nspawn.Container]:
     """A booted root that also sees an old Python at the same path as on the host."""
-    from tests.system.conftest import container_name
-
-    with nspawn.booted(root_tarball, container_name(), [old_python()]) as booted:
+    with boot([old_python()]) as booted:
         yield booted
 
 

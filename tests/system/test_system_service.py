@@ -121,7 +121,7 @@ class TestService:
         sources = emulator.wait_for(lambda s: s["sources"], timeout_s=AGENT_TIMEOUT_S)
         polls_continue(emulator)
 
-        assert [s["name"] for s in sources] == ["smsagent-test"]
+        assert [s["name"] for s in sources] == [nspawn.HOSTNAME]
 
     def test_answers_a_start_stop_pair(
         self, agent: nspawn.Container, emulator: EmulatorProcess

@@ -8,7 +8,7 @@ check or a failed SMS call, and a check that hangs or crashes becomes that check
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Final, Optional
 
@@ -39,7 +39,15 @@ TASK_KEY: Final = "task_key"
 TASK_KEY_MISSING: Final = "SMSAGENT.TASK_KEY"
 # The drill checks the environment before any copy: the console's "checking" stage.
 DRILL_CYCLE: Final = MigrationCycle.checking
-_AFTER_LOGIN: Final = (target.RSYNC_TARGET, target.TARGET_ROOT, target.TARGET_SPACE)
+_TARGET_STEPS: Final = (
+    target.TARGET_PORT,
+    target.TARGET_LOGIN,
+    target.RSYNC_TARGET,
+    target.TARGET_ROOT,
+    target.TARGET_SPACE,
+)
+# Target checks stop their own ssh at their limit; the backstop adds the time that stop takes.
+_STOP_GRACE_S: Final = 5.0
 
 TargetFactory = Callable[[str, int, TaskKeyPaths], TargetSession]
 """Opens a session to `(host, port)` with a task's key and pinned known_hosts."""
@@ -256,73 +264,52 @@ class _Drill:
         try:
             paths = store_private_key(self._settings.state_dir, self._task.id, answer.private_key)
         except (OSError, ValueError) as exc:
-            return Check.error(
-                TASK_KEY, f"cannot store the task key: {exc}", TASK_KEY_MISSING
-            ), None
+            reason = f"cannot store the task key: {exc}"
+            return Check.error(TASK_KEY, reason, TASK_KEY_MISSING), None
         return Check.ok(TASK_KEY, f"the task key is stored in {paths.private_key}"), paths
 
     async def _target(self, key_paths: Optional[TaskKeyPaths], used_bytes: int) -> list[Check]:
-        address_check = target.address_check(self._address)
-        if address_check.result is CheckResult.ERROR or self._address is None:
-            return [
-                address_check,
-                *_skipped(
-                    target.TARGET_PORT,
-                    target.TARGET_LOGIN,
-                    *_AFTER_LOGIN,
-                    because="no target address",
-                ),
-            ]
-        port = self._settings.ssh_port
-        port_check = await bounded(
-            lambda: target.check_port(self._address or "", port, self._timeout_s),
-            self._timeout_s,
-            failed_as(target.TARGET_PORT),
-        )
+        """Address, port, login, then what needs a login; a failed step skips the later ones."""
+        address, port = self._address, self._settings.ssh_port
+        address_check = target.address_check(address)
+        if address is None or address_check.result is CheckResult.ERROR:
+            return [address_check, *_skipped(*_TARGET_STEPS, because="no target address")]
+        reach = target.check_port(address, port, self._timeout_s)
+        port_check = await self._bounded_on(target.TARGET_PORT, reach)
         checks = [address_check, port_check]
         if port_check.result is CheckResult.ERROR:
-            return checks + _skipped(
-                target.TARGET_LOGIN, *_AFTER_LOGIN, because=f"port {port} is not reachable"
-            )
+            return checks + _skipped(*_TARGET_STEPS[1:], because=f"port {port} is not reachable")
         if key_paths is None:
-            return checks + _skipped(target.TARGET_LOGIN, *_AFTER_LOGIN, because="no task key")
-        session = self._open_target(self._address, port, key_paths)
-        login = await bounded(
-            lambda: target.check_login(session, self._timeout_s),
-            self._timeout_s + 5.0,
-            failed_as(target.TARGET_LOGIN),
+            return checks + _skipped(*_TARGET_STEPS[1:], because="no task key")
+        session = self._open_target(address, port, key_paths)
+        login = await self._bounded_on(
+            target.TARGET_LOGIN, target.check_login(session, self._timeout_s)
         )
         checks.append(login)
         if login.result is CheckResult.ERROR:
-            return checks + _skipped(*_AFTER_LOGIN, because="SSH login failed")
+            return checks + _skipped(*_TARGET_STEPS[2:], because="SSH login failed")
         self._session = session
         return checks + await self._on_target(session, used_bytes)
 
     async def _on_target(self, session: TargetSession, used_bytes: int) -> list[Check]:
-        root = str(self._settings.target_root)
-        limit_s = self._timeout_s
-        rsync_check = await bounded(
-            lambda: target.check_remote_rsync(session, limit_s),
-            limit_s + 5.0,
-            failed_as(target.RSYNC_TARGET),
+        root, limit_s = str(self._settings.target_root), self._timeout_s
+        rsync_check = await self._bounded_on(
+            target.RSYNC_TARGET, target.check_remote_rsync(session, limit_s)
         )
-        root_check = await bounded(
-            lambda: target.check_target_root(session, root, limit_s),
-            limit_s + 5.0,
-            failed_as(target.TARGET_ROOT),
+        root_check = await self._bounded_on(
+            target.TARGET_ROOT, target.check_target_root(session, root, limit_s)
         )
         if root_check.result is CheckResult.ERROR:
-            return [
-                rsync_check,
-                root_check,
-                *_skipped(target.TARGET_SPACE, because="the target root is unusable"),
-            ]
-        space_check = await bounded(
-            lambda: target.check_target_space(session, root, used_bytes, limit_s),
-            limit_s + 5.0,
-            failed_as(target.TARGET_SPACE),
+            skipped = _skipped(target.TARGET_SPACE, because="the target root is unusable")
+            return [rsync_check, root_check, *skipped]
+        space_check = await self._bounded_on(
+            target.TARGET_SPACE, target.check_target_space(session, root, used_bytes, limit_s)
         )
         return [rsync_check, root_check, space_check]
+
+    async def _bounded_on(self, name: str, check: Awaitable[Check]) -> Check:
+        """A check that runs on the target, with its own limit; this one is the backstop."""
+        return await bounded(lambda: check, self._timeout_s + _STOP_GRACE_S, failed_as(name))
 
     async def measure(self, checks: Sequence[Check]) -> Optional[NetworkMeasurement]:
         """The network measurement, or None without a target address or when it failed."""

@@ -22,9 +22,9 @@ from pydantic import SecretStr
 from smsagent.api.auth import AkSkCredentials
 from smsagent.api.client import SmsClient
 from smsagent.api.enums import CheckResult, CopyState
-from smsagent.checks.drill import DrillOptions, DrillReport, run_drill
+from smsagent.checks.drill import TASK_KEY_MISSING, DrillOptions, DrillReport, run_drill
 from smsagent.checks.network import NetworkOptions
-from smsagent.checks.target import TARGET_NO_RSYNC, TARGET_SPACE_SHORT
+from smsagent.checks.target import TARGET_NO_RSYNC, TARGET_ROOT_MISSING, TARGET_SPACE_SHORT
 from smsagent.config import Settings
 from smsagent.migration.target import (
     AUTH_REFUSED,
@@ -323,3 +323,32 @@ class TestBadTarget:
         _assert_failed_with(report, "target_login", CONNECT_TIMEOUT)
         assert _results(report)["target_port"] is CheckResult.OK
         _assert_reported(drill, "premigfailed")
+
+    @pytest.mark.timeout(120)
+    async def test_target_root_missing(self, drill: Drill) -> None:
+        """A target root that does not exist is ERROR; its free space is not checked."""
+        drill.target.root.rmdir()
+        report = await drill.run()
+        _assert_failed_with(report, "target_root", TARGET_ROOT_MISSING)
+        assert report.check("target_space").reason == ("not checked: the target root is unusable")
+
+    @pytest.mark.timeout(120)
+    async def test_no_task_key(self, drill: Drill) -> None:
+        """When SMS holds no key for the task, task_key is ERROR and the login is not tried."""
+        drill.emulator.set_cert_key(drill.task_id, private_key="")
+        report = await drill.run()
+        _assert_failed_with(report, "task_key", TASK_KEY_MISSING)
+        assert report.check("target_login").reason == "not checked: no task key"
+        assert drill.target.session_pids() == []
+
+
+class TestSmsTrouble:
+    @pytest.mark.timeout(120)
+    async def test_state_reports_fail(self, drill: Drill) -> None:
+        """SMS refusing every changestate does not stop the drill: all checks still run."""
+        drill.emulator.set_faults(error_rate=1.0, error_status=503, path_pattern="changestate")
+        report = await drill.run()
+        assert {check.name for check in report.checks} == EVERY_CHECK
+        assert report.passed and report.final_state is CopyState.premiged
+        assert drill.changestates() == []
+        assert report.network_reported

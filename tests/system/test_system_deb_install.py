@@ -26,7 +26,8 @@ PACKAGE_PATHS = (
     "/etc/systemd/system/multi-user.target.wants/smsagent.service",
 )
 # Runs the unit's own sandbox (every hardening option of the shipped file) around rsync instead
-# of the agent: a copy of /home, /root and /var/tmp into the state dir, and a write outside it.
+# of the agent: a copy of /home, /root and /var/tmp into the state dir, a write outside it, and a
+# temporary file.
 # Owners are not kept: this rsync is also the receiving side, which in a migration runs on the
 # target, so the sandbox rightly lacks CAP_CHOWN.
 SANDBOX_PROBE = """\
@@ -37,6 +38,7 @@ WatchdogSec=0
 ExecStart=
 ExecStart=/usr/bin/rsync -rlptX --relative /home /root /var/tmp /var/lib/smsagent/copy/
 ExecStart=-/bin/sh -c 'touch /usr/smsagent-probe 2> /var/lib/smsagent/write-error'
+ExecStart=/bin/sh -c 'mktemp > /var/lib/smsagent/tempfile'
 """
 
 
@@ -144,14 +146,15 @@ class TestSandbox:
         dropin.unlink()
         dropin.parent.rmdir()
         container.exec(["userdel", "--remove", "probeuser"])
-        container.exec(["rm", "-rf", "/var/lib/smsagent/copy", "/var/lib/smsagent/write-error"])
+        probe_output = ["copy", "write-error", "tempfile"]
+        container.exec(["rm", "-rf", *(f"/var/lib/smsagent/{name}" for name in probe_output)])
         container.exec(["systemctl", "daemon-reload"])
 
     def test_reads_every_file_and_writes_only_its_state(
         self, container: nspawn.Container, probe: None
     ) -> None:
         """Under the unit's hardening rsync copies other users' 0000 files, /root and /var/tmp,
-        and the rest of the system is read-only."""
+        the rest of the system is read-only, and temporary files have a writable home."""
         container.exec(["systemctl", "start", UNIT])
         copy = container.path("/var/lib/smsagent/copy")
 
@@ -163,6 +166,8 @@ class TestSandbox:
             "Read-only file system" in container.path("/var/lib/smsagent/write-error").read_text()
         )
         assert not exists(container, "/usr/smsagent-probe")
+        tempfile = container.path("/var/lib/smsagent/tempfile").read_text()
+        assert tempfile.startswith("/run/smsagent/")
 
 
 class TestRemoval:

@@ -48,8 +48,9 @@ if [ "$first_install" = yes ]; then
 	systemctl enable --quiet "$UNIT"
 fi
 if [ "$was_active" = yes ] || { [ "$first_install" = yes ] && env_file_filled; }; then
+	# --no-block: a package manager must not wait on the agent's start-up.
 	if systemd_running; then
-		systemctl start "$UNIT"
+		systemctl start --no-block "$UNIT"
 	fi
 elif [ "$first_install" = yes ]; then
 	echo "smsagent: fill in /etc/smsagent/smsagent.env, then run: systemctl start smsagent"

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Callable, Final, Optional
 from urllib.parse import urlsplit
 
+from smsagent.api.auth import IAM_TOKENS_PATH
 from smsagent.api.client import SmsClient
 from smsagent.api.errors import (
     AuthError,
@@ -49,6 +50,7 @@ CREDENTIALS_KIND: Final = {
 
 _TLS_PROBLEM: Final = re.compile(r"SSL|TLS|[Cc]ertificate")
 PROBE_CALL: Final = "GET /v3/config"
+NO_TOKEN: Final = "no IAM token to call SMS with"
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,11 @@ class EndpointProbe:
     def answered(self) -> bool:
         """True when the service sent an HTTP response (even an error)."""
         return not isinstance(self.error, TransportError)
+
+    @property
+    def no_token(self) -> bool:
+        """True when IAM gave no token, so SMS itself was never asked."""
+        return self.error is not None and self.error.path == IAM_TOKENS_PATH
 
 
 def _utc_now() -> datetime:
@@ -110,6 +117,8 @@ def clock_skew_s(server_date: Optional[datetime], local_now: datetime) -> Option
 def endpoint_check(probe: EndpointProbe, endpoint: str, verify_tls: bool) -> Check:
     """Whether the endpoint answered, and over what kind of connection."""
     error = probe.error
+    if probe.no_token:
+        return Check.not_checked(ENDPOINT, NO_TOKEN)
     if isinstance(error, TransportError):
         detail = error.error_msg or "no answer"
         if _TLS_PROBLEM.search(detail):
@@ -139,6 +148,8 @@ def clock_check(probe: EndpointProbe, *, signs_requests: bool) -> Check:
         probe: the call to judge.
         signs_requests: AK/SK credentials, whose signatures a skew over 15 minutes breaks.
     """
+    if probe.no_token:
+        return Check.not_checked(CLOCK, NO_TOKEN)
     if not probe.answered:
         return Check.not_checked(CLOCK, "the endpoint did not answer")
     skew_s = clock_skew_s(probe.server_date, probe.local_date)
@@ -157,6 +168,9 @@ def clock_check(probe: EndpointProbe, *, signs_requests: bool) -> Check:
 def credentials_check(probe: EndpointProbe, credentials_kind: str) -> Check:
     """Whether SMS accepted the credentials for a call the agent makes."""
     error = probe.error
+    if probe.no_token and error is not None:
+        code = ENDPOINT_UNREACHABLE if isinstance(error, TransportError) else AUTH_FAILED
+        return Check.error(CREDENTIALS, f"IAM gave no token: {error}", code)
     if not probe.answered:
         return Check.not_checked(CREDENTIALS, "the endpoint did not answer")
     if error is None:

@@ -117,6 +117,38 @@ class TestHealthy:
         assert outcome.check("credentials")["result"] == "OK"
         assert "token" in outcome.check("credentials")["reason"]
 
+    @pytest.mark.parametrize(
+        ("password", "result"), [("iam-pass-0123", "OK"), ("wrong-pass-987", "ERROR")]
+    )
+    def test_iam_user(
+        self,
+        start_emulator: EmulatorFactory,
+        settings_for: Any,
+        tmp_path: Path,
+        password: str,
+        result: str,
+    ) -> None:
+        """An IAM user's password is exchanged for a token; a wrong one is refused and hidden."""
+        process = start_emulator(iam_user="agent", iam_password="iam-pass-0123", iam_domain="acme")
+        lines = settings_for(
+            process,
+            SMSAGENT_AK="",
+            SMSAGENT_SK="",
+            SMSAGENT_IAM_ENDPOINT=process.url,
+            SMSAGENT_IAM_USER="agent",
+            SMSAGENT_IAM_PASSWORD=password,
+            SMSAGENT_IAM_DOMAIN="acme",
+        )
+        outcome = _run(_write_env(tmp_path / "iam.env", lines), "--json")
+        credentials = outcome.check("credentials")
+        assert credentials["result"] == result, credentials
+        if result == "ERROR":
+            assert credentials["error_code"] == "SMS.0202"
+            assert outcome.check("endpoint")["reason"] == (
+                "not checked: no IAM token to call SMS with"
+            )
+        assert password not in outcome.stdout + outcome.stderr
+
 
 class TestEndpointProblems:
     def test_wrong_secret_key(

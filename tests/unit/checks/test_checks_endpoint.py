@@ -159,3 +159,24 @@ class TestCredentials:
         assert credentials_check(_probe(_transport("x"), None), "token").result is WARN
         failing = _probe(_http_error(ServerError, 500, "500"))
         assert credentials_check(failing, "token").reason.startswith("not checked")
+
+    @pytest.mark.parametrize(
+        ("error", "code"),
+        [
+            (AuthError(method="POST", path="/v3/auth/tokens", status=401, error_code="401"),
+             AUTH_FAILED),
+            (TransportError(method="POST", path="/v3/auth/tokens", error_msg="refused"),
+             ENDPOINT_UNREACHABLE),
+        ],
+    )  # fmt: skip
+    def test_no_iam_token(self, error: SmsError, code: str) -> None:
+        """When IAM gives no token the credentials are ERROR; SMS and the clock are not judged."""
+        probe = _probe(error, None)
+        check = credentials_check(probe, "IAM user's token")
+        assert (check.result, check.error_code) == (ERROR, code)
+        assert check.reason.startswith("IAM gave no token: POST /v3/auth/tokens")
+        for judged in (
+            endpoint_check(probe, HTTPS, True),
+            clock_check(probe, signs_requests=False),
+        ):
+            assert judged.reason == "not checked: no IAM token to call SMS with"

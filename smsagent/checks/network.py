@@ -235,12 +235,15 @@ async def measure_upload(session: TargetSession, options: NetworkOptions) -> flo
         await stop_process(proc, _STOP_GRACE_S)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(draining, _STOP_GRACE_S)
-    return _upload_rate(proc.returncode, sent, elapsed_s, stderr_tail.lines())
+    return upload_rate(proc.returncode, sent, elapsed_s, stderr_tail.lines())
 
 
-def _upload_rate(
-    returncode: Optional[int], sent: int, elapsed_s: float, stderr: list[str]
-) -> float:
+def upload_rate(returncode: Optional[int], sent: int, elapsed_s: float, stderr: list[str]) -> float:
+    """Mbit/s of an upload that ended with `returncode`, or the error that ended it.
+
+    Raises:
+        TargetError: ssh failed (its SMS code from its messages), or nothing was sent.
+    """
     if returncode == SSH_EXIT_FAILED:
         raise classify_ssh_failure(stderr)
     if returncode != 0 or sent == 0 or elapsed_s <= 0:

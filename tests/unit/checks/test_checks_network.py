@@ -20,7 +20,9 @@ from smsagent.checks.network import (
     mem_percent,
     network_check,
     parse_cpu_times,
+    upload_rate,
 )
+from smsagent.migration.target import AUTH_REFUSED, SSH_FAILED, TargetError
 
 PROC_STAT = """\
 cpu  4705 356 584 3699 23 23 0 0 0 0
@@ -121,3 +123,22 @@ class TestGrade:
         unreachable = network_check(self._body(POOR, connected=False), None)
         assert unreachable.reason.startswith("not checked")
         assert network_check(self._body(GOOD), None).details["migration_speed"] == 900.0
+
+
+class TestUploadRate:
+    def test_rate(self) -> None:
+        """Bytes over seconds, in Mbit/s."""
+        assert upload_rate(0, 125_000_000, 2.0, []) == 500.0
+
+    def test_ssh_failure_keeps_its_code(self) -> None:
+        """An ssh failure (exit 255) carries the SMS code its message maps to."""
+        with pytest.raises(TargetError) as caught:
+            upload_rate(255, 0, 0.0, ["root@10.0.0.2: Permission denied (publickey)."])
+        assert caught.value.error_code == AUTH_REFUSED
+
+    def test_nothing_sent(self) -> None:
+        """A sink that failed, or an upload of nothing, is SMS.3802 with the last message."""
+        with pytest.raises(TargetError) as caught:
+            upload_rate(1, 0, 0.0, ["sh: 1: cat: not found"])
+        assert caught.value.error_code == SSH_FAILED
+        assert "cat: not found" in caught.value.message

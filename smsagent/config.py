@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     disk_report_interval: float = Field(
         default=7200.0, ge=60.0, le=604800.0, description="period of disk re-reports, s"
     )
+    accept_privacy_statement: bool = Field(
+        default=False,
+        description="accept the SMS privacy statement for the account if it is not yet accepted",
+    )
     disabled_handlers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="handler names not to load (comma-separated)"
     )

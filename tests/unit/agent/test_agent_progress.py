@@ -1,0 +1,79 @@
+"""Progress figures: whole percent, the rate over the last seconds, throttled sending."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from smsagent.agent.progress import RateMeter, TaskProgress, percent
+from smsagent.api.enums import SubtaskName
+from smsagent.api.models import UpdateTaskSpeedReq
+
+
+@pytest.mark.parametrize(
+    ("done", "total", "expected"),
+    [(0, 100, 0), (99, 100, 99), (999, 1000, 99), (1000, 1000, 100), (5, 0, 100), (150, 100, 100)],
+)
+def test_percent_reaches_100_only_when_done(done, total, expected):
+    """Percent is floored, so 100 means everything is done."""
+    assert percent(done, total) == expected
+
+
+def test_rate_is_over_the_recent_window():
+    """The rate uses the samples of the last window, not the whole history."""
+    meter = RateMeter(window_s=5.0)
+    meter.add(0.0, 0)
+    meter.add(100.0, 1_000)  # a long quiet start
+    meter.add(102.0, 3_000)
+    meter.add(106.0, 7_000)
+    assert meter.bytes_per_s() == pytest.approx(1_000.0)
+
+
+def test_rate_restarts_with_a_new_stage():
+    """Bytes going down (a new stage) start a new measurement."""
+    meter = RateMeter()
+    meter.add(0.0, 5_000)
+    meter.add(1.0, 0)
+    assert meter.bytes_per_s() == 0.0
+
+
+class RecordingClient:
+    def __init__(self) -> None:
+        self.bodies: list[UpdateTaskSpeedReq] = []
+        self.sent = asyncio.Event()
+
+    async def update_task_speed(self, task_id: str, body: UpdateTaskSpeedReq) -> None:
+        self.bodies.append(body)
+        self.sent.set()
+
+
+async def test_unforced_reports_are_throttled_and_the_latest_wins():
+    """Many reports within the interval send the first and then only the newest one."""
+    clock = [0.0]
+    client = RecordingClient()
+    progress = TaskProgress(client, "t1", interval_s=5.0, monotonic=lambda: clock[0])
+    await progress.report(SubtaskName.MIGRATE_LINUX_FILE, 0, 1000, force=True)
+    await asyncio.wait_for(client.sent.wait(), 5)
+    for done in (100, 200, 300):
+        await progress.report(SubtaskName.MIGRATE_LINUX_FILE, done, 1000)
+    await asyncio.sleep(0)  # let the sender see the change; it waits for the interval
+    assert [b.replicatesize for b in client.bodies] == [0]
+    await progress.close()
+    assert [b.replicatesize for b in client.bodies] == [0, 300]
+    assert client.bodies[-1].progress == 30
+    assert client.bodies[-1].totalsize == 1000
+
+
+async def test_a_forced_report_is_sent_without_waiting():
+    """A forced report (stage end) does not wait for the interval."""
+    client = RecordingClient()
+    progress = TaskProgress(client, "t1", interval_s=3600.0)
+    await progress.report(SubtaskName.MIGRATE_LINUX_FILE, 0, 10, force=True)
+    await asyncio.wait_for(client.sent.wait(), 5)
+    client.sent.clear()
+    await progress.report(SubtaskName.MIGRATE_LINUX_FILE, 10, 10, force=True)
+    await asyncio.wait_for(client.sent.wait(), 5)
+    assert client.bodies[-1].progress == 100
+    await progress.close()
+    assert len(client.bodies) == 2

@@ -12,9 +12,9 @@ from typing import Final, Optional
 from smsagent import log as logging_setup
 from smsagent.api.auth import AkSkCredentials, Credentials, IamTokenCredentials, TokenCredentials
 from smsagent.api.client import SmsClient
-from smsagent.checks.endpoint import CLOCK, CREDENTIALS, ENDPOINT, endpoint_checks
+from smsagent.checks.endpoint import CLOCK, CREDENTIALS, ENDPOINT, TLS_FAILED, endpoint_checks
 from smsagent.checks.install import install_checks
-from smsagent.checks.local import local_checks
+from smsagent.checks.local import run_local_checks
 from smsagent.checks.model import Check, all_failed_as, bounded, first_error
 from smsagent.checks.render import render_json, render_table
 from smsagent.config import DEFAULT_ENV_FILE, AuthMode, ConfigError, Settings, load_settings
@@ -86,13 +86,13 @@ async def _endpoint(settings: Settings, timeout_s: float) -> list[Check]:
         async with client_from(settings) as client:
             return await bounded(lambda: endpoint_checks(client, settings), timeout_s, failed)
     except ValueError as exc:  # an unusable CA bundle: the client cannot be opened
-        return failed(str(exc), "SMS.0304")
+        return failed(str(exc), TLS_FAILED)
 
 
 async def run_checks(settings: Settings, env_file: Optional[Path], timeout_s: float) -> list[Check]:
     """Every check `smsagent check` makes, in the order shown."""
     checks = install_checks(env_file, settings.state_dir, settings.disabled_handlers)
-    source_checks, _ = await asyncio.to_thread(local_checks, settings.source_root, None)
+    source_checks, _ = await run_local_checks(settings.source_root, None, timeout_s)
     checks += source_checks
     checks += await _endpoint(settings, timeout_s)
     return checks

@@ -229,10 +229,8 @@ class _Drill:
 
     async def _local(self) -> tuple[list[Check], int]:
         limit_mbit_s = await self._speed_limit_mbit_s()
-        return await bounded(
-            lambda: asyncio.to_thread(local.local_checks, self._settings.source_root, limit_mbit_s),
-            self._timeout_s,
-            lambda reason, code: (all_failed_as(*local.LOCAL_CHECKS)(reason, code), 0),
+        return await local.run_local_checks(
+            self._settings.source_root, limit_mbit_s, self._timeout_s
         )
 
     async def _speed_limit_mbit_s(self) -> int:

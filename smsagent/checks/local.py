@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import Sequence
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Final, Optional
 
-from smsagent.checks.model import Check
+from smsagent.checks.model import Check, all_failed_as, bounded
 from smsagent.migration.childproc import DEFAULT_PATH
 from smsagent.migration.mounts import (
     MOUNTINFO,
@@ -227,3 +228,14 @@ def local_checks(
     checks += source
     checks.append(speed_limit_check(speed_limit_mbit_s, find_tool("tc")))
     return checks, used_bytes
+
+
+async def run_local_checks(
+    source_root: Path, speed_limit_mbit_s: Optional[int], timeout_s: float
+) -> tuple[list[Check], int]:
+    """`local_checks` in a worker thread, within `timeout_s` (statvfs can hang on a sick disk)."""
+    return await bounded(
+        lambda: asyncio.to_thread(local_checks, source_root, speed_limit_mbit_s),
+        timeout_s,
+        lambda reason, error_code: (all_failed_as(*LOCAL_CHECKS)(reason, error_code), 0),
+    )

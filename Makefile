@@ -29,7 +29,7 @@ unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
 demo: system-deps $(STAMP)
-	$(PY) -m smsagent.demo
+	$(PY) -m tests.demo
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \

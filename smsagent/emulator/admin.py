@@ -8,7 +8,9 @@ It is not signed and sees no faults, so keep the emulator on a loopback address.
   `commands` (every command queued, oldest first, with `state` pending | delivered | done |
   superseded | dropped, `delivery_count`, `delivered_at`, `completed_at`);
   `command_results`, `progress`, `changestates`, `actions` (what was received, in arrival order,
-  each with `received_at` in epoch seconds);
+  each with `received_at` in epoch seconds; a command result whose `result_detail.result_key`
+  its source already sent is not stored again but counted in that result's `duplicates`);
+  `duplicate_results` (the sum of those counts);
   `requests` (per `METHOD /route/{param}`: `count`, `statuses` by code, `at` epoch seconds;
   status 0 is a connection reset); `faults`, `faults_injected`, `options`.
 * `GET /_emulator/faults` -> the fault settings.
@@ -19,6 +21,9 @@ It is not signed and sees no faults, so keep the emulator on a loopback address.
 * `POST /_emulator/reset` -> `{}`: every source, task, command, journal and request count is
   forgotten and the faults go back to the start-up flags.
 * `POST /_emulator/tasks` with a CreateTask body -> `{"id"}`, as `POST /v3/tasks`.
+* `PATCH /_emulator/tasks/{task_id}` with an object of task fields -> the task as ShowTask
+  shows it. Each field is set as given, any name (e.g. `type: "FSCOPY_TEST"` or a plugin's own
+  fields); null removes a field; `id` and `source_server` cannot be set.
 * `POST /_emulator/tasks/{task_id}/action` with `{"operation"}` -> `{}`, as the SMS action.
 * `PUT /_emulator/tasks/{task_id}/certkey` with the ShowCertKey fields (`private_key`, `cert`,
   `ca`, `target_*`) and an optional `passphrase` -> `{}`.
@@ -31,7 +36,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from smsagent.api.enums import CommandName
 from smsagent.api.models import PostTask, UpdateTaskStatusReq
@@ -52,6 +57,10 @@ class QueuedCommand(BaseModel):
     command_param: dict[str, Any] = Field(default_factory=dict)
 
 
+class TaskFields(RootModel[dict[str, Any]]):
+    """Body of `PATCH /_emulator/tasks/{id}`: any JSON object."""
+
+
 class AdminRoutes:
     """Routes that inspect and steer one `Emulator`."""
 
@@ -67,6 +76,7 @@ class AdminRoutes:
             web.put(PREFIX + "/faults", self.set_faults),
             web.post(PREFIX + "/reset", self.reset),
             web.post(PREFIX + "/tasks", self.create_task),
+            web.patch(PREFIX + "/tasks/{task_id}", self.patch_task),
             web.post(PREFIX + "/tasks/{task_id}/action", self.action),
             web.put(PREFIX + "/tasks/{task_id}/certkey", self.set_cert_key),
             web.post(PREFIX + "/sources/{source_id}/command", self.queue_command),
@@ -91,6 +101,11 @@ class AdminRoutes:
 
     async def create_task(self, request: web.Request) -> web.Response:
         return ok(self._emulator.plane.create_task(await body_of(request, PostTask)))
+
+    async def patch_task(self, request: web.Request) -> web.Response:
+        task_id = path_id(request, "task_id")
+        body = await body_of(request, TaskFields)
+        return ok(self._emulator.plane.override_task(task_id, body.root))
 
     async def action(self, request: web.Request) -> web.Response:
         task_id = path_id(request, "task_id")

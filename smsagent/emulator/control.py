@@ -29,17 +29,18 @@ from smsagent.emulator import rules
 from smsagent.emulator.commands import CommandQueue, DeliveryMode
 from smsagent.emulator.errors import TASK_EXISTS, ApiError, invalid
 from smsagent.emulator.queries import ListServersQuery, ListTasksQuery
+from smsagent.emulator.results import CommandResults
 from smsagent.emulator.sources import Sources
 from smsagent.emulator.store import Doc, Store
 from smsagent.emulator.taskdata import CertKeyUpdate, TaskData
 from smsagent.emulator.tasks import Tasks
 
-# Journals: what the agents and the console sent, in arrival order, for inspection.
-RESULTS = "command_results"
+# Journals: what the agents and the console sent, in arrival order, for inspection. Command
+# results are kept apart (`results`) because a redelivered one is counted, not appended.
 PROGRESS = "progress"
 CHANGESTATES = "changestates"
 ACTIONS = "actions"
-JOURNALS = (RESULTS, PROGRESS, CHANGESTATES, ACTIONS)
+JOURNALS = (PROGRESS, CHANGESTATES, ACTIONS)
 
 PRIVACY = "privacy"
 AGENT_CONFIG: dict[str, Any] = {
@@ -76,6 +77,7 @@ class ControlPlane:
         self.tasks = Tasks(store)
         self.task_data = TaskData(store)
         self.commands = CommandQueue(store, delivery, redeliver_after_s)
+        self.results = CommandResults(store)
 
     # --- agent side: configuration, registration, commands (spec §3.1-3.8) ---
 
@@ -116,14 +118,20 @@ class ControlPlane:
         return {"command_name": command["command_name"], "command_param": command["command_param"]}
 
     def command_result(self, source_id: str, body: CommandBody) -> dict[str, Any]:
-        """Record a result; the one for the active command also moves the task on."""
+        """Record a result; the one for the active command also moves the task on.
+
+        A result whose `result_key` this source already sent is only counted: the agent
+        redelivers after a lost answer, and the real service answers 200 to that too.
+        """
         self.sources.get(source_id)
+        if self.results.count_duplicate(source_id, body.result_detail):
+            return {}
         now_s = self._clock()
         command = self.commands.complete(source_id, body.command_name.value, now_s)
         task_id = command["command_param"].get("task_id") if command else None
         entry = {"source_id": source_id, "received_at": now_s, **body.to_wire()}
         entry.update(command_id=command["id"] if command else None, task_id=task_id)
-        self._store.append(RESULTS, entry)
+        self.results.record(source_id, entry)
         if task_id is not None and self.tasks.find(task_id) is not None:
             self._apply_result(task_id, body, now_s)
         return {}
@@ -283,6 +291,10 @@ class ControlPlane:
         self.task_data.set_cert_key(task_id, body)
         return {}
 
+    def override_task(self, task_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Set any task fields (a plugin task type, plugin fields) and answer the ShowTask view."""
+        return self._task_view(self.tasks.override(task_id, fields))
+
     def queue_command(self, source_id: str, name: CommandName, param: dict[str, Any]) -> Doc:
         """Queue any command for a source, as if the console had caused it."""
         self.sources.get(source_id)
@@ -298,6 +310,8 @@ class ControlPlane:
             ],
             "tasks": [self._task_view(doc) for doc in self.tasks.all()],
             "commands": self.commands.all(),
+            "command_results": self.results.all(),
+            "duplicate_results": self.results.duplicate_count(),
         }
         state.update({journal: self._store.entries(journal) for journal in JOURNALS})
         return state

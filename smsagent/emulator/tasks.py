@@ -19,7 +19,7 @@ from smsagent.api.models import (
     TaskTargetServer,
     UpdateTaskSpeedReq,
 )
-from smsagent.emulator.errors import from_validation, task_not_found
+from smsagent.emulator.errors import from_validation, invalid, task_not_found
 from smsagent.emulator.sources import to_ms
 from smsagent.emulator.store import Doc, Store
 
@@ -42,6 +42,8 @@ _PROGRESS_FIELDS = (
     "replicatesize",
     "totalsize",
 )
+# Fields an override may not touch: the store key, and the link the task is found by.
+_FIXED_FIELDS = ("id", "source_server")
 _SOURCE_VIEW_FIELDS = (
     "id",
     "ip",
@@ -141,6 +143,27 @@ class Tasks:
         doc.update(wire)
         if target:
             doc["target_server"] = target
+        return self._put(doc)
+
+    def override(self, task_id: str, fields: dict[str, Any]) -> Doc:
+        """Set any task fields as given, a null removing one; the result must still be a task.
+
+        Tests use it for what the console body cannot say (a plugin task type, plugin fields).
+
+        Raises:
+            ApiError: 400 naming the field for `id`, `source_server`, or a value ShowTask
+                could not serve (e.g. `sub_tasks` that is not a list).
+        """
+        for field in _FIXED_FIELDS:
+            if field in fields:
+                raise invalid(field, "cannot be overridden")
+        doc = self.get(task_id)
+        doc.update(fields)
+        doc = {key: value for key, value in doc.items() if value is not None}
+        try:
+            Task.model_validate(doc)
+        except ValidationError as exc:
+            raise from_validation(exc) from exc
         return self._put(doc)
 
     def set_state(

@@ -231,7 +231,7 @@ class EmulatorProcess:
             with urllib.request.urlopen(call, timeout=HTTP_TIMEOUT_S, context=self._ssl) as answer:
                 return HttpAnswer(answer.status, answer.headers, answer.read())
         except urllib.error.HTTPError as exc:
-            return HttpAnswer(exc.code, exc.headers, exc.read())
+            return HttpAnswer(exc.code, dict(exc.headers.items()), exc.read())
 
     def signed_request(
         self,
@@ -300,23 +300,48 @@ class EmulatorProcess:
         """Forget all data and request counts; faults back to the start-up flags."""
         self.admin("POST", "/reset")
 
-    def create_task(self, source_id: str, **fields: Any) -> str:
-        """Create a file-level Linux task for a registered source; `fields` override the body."""
+    def create_task(
+        self,
+        source_id: str,
+        *,
+        type: str = "MIGRATE_FILE",
+        migration_ip: str = "127.0.0.1",
+        syncing: Optional[bool] = None,
+        speed_limit: Optional[int] = None,
+        **fields: Any,
+    ) -> str:
+        """Create a Linux task for a registered source, as the console does (`POST /v3/tasks`).
+
+        Region and project fields default to one region; `fields` add to or override the
+        CreateTask body (`target_server=...`, `auto_start=True`, ...). Fields CreateTask does
+        not take (a plugin task type, plugin fields) are set afterwards with `patch_task`.
+        """
         body: dict[str, Any] = {
             "name": f"task-{source_id[:8]}",
-            "type": "MIGRATE_FILE",
+            "type": type,
             "os_type": "LINUX",
             "source_server": {"id": source_id},
             "region_name": "ap-southeast-3",
             "region_id": "ap-southeast-3",
             "project_name": "ap-southeast-3",
             "project_id": "0123456789abcdef0123456789abcdef",
-            "migration_ip": "127.0.0.1",
+            "migration_ip": migration_ip,
             "target_server": {"name": "target", "ip": "127.0.0.1"},
+            "syncing": syncing,
+            "speed_limit": speed_limit,
         }
         body.update(fields)
+        body = {key: value for key, value in body.items() if value is not None}
         task_id: str = self.admin("POST", "/tasks", body)["id"]
         return task_id
+
+    def patch_task(self, task_id: str, **fields: Any) -> dict[str, Any]:
+        """Set any task fields (`type="FSCOPY_TEST"`, plugin fields; None removes one).
+
+        Returns the task as ShowTask shows it.
+        """
+        task: dict[str, Any] = self.admin("PATCH", f"/tasks/{task_id}", fields)
+        return task
 
     def action(self, task_id: str, operation: str) -> None:
         """A console task action (`start`, `stop`, `skip`, `restart`, ...)."""
@@ -331,6 +356,18 @@ class EmulatorProcess:
         body = {"command_name": command_name, "command_param": param}
         command: dict[str, Any] = self.admin("POST", f"/sources/{source_id}/command", body)
         return command
+
+    def results(self, source_id: Optional[str] = None) -> list[dict[str, Any]]:
+        """The stored command results (redeliveries counted, not repeated), oldest first."""
+        return _matching(self.state()["command_results"], "source_id", source_id)
+
+    def changestates(self, source_id: Optional[str] = None) -> list[dict[str, Any]]:
+        """The state changes the agents sent, oldest first."""
+        return _matching(self.state()["changestates"], "source_id", source_id)
+
+    def progress(self, task_id: Optional[str] = None) -> list[dict[str, Any]]:
+        """The progress reports the agents sent, oldest first."""
+        return _matching(self.state()["progress"], "task_id", task_id)
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], T], timeout_s: float = 10.0) -> T:
         """Poll the state until `predicate(state)` is truthy and return that value.
@@ -365,6 +402,12 @@ class EmulatorProcess:
                     f"emulator state not reached in {timeout_s} s: {_brief(state)}"
                 )
             await asyncio.sleep(POLL_INTERVAL_S)
+
+
+def _matching(
+    entries: list[dict[str, Any]], field: str, wanted: Optional[str]
+) -> list[dict[str, Any]]:
+    return [entry for entry in entries if wanted is None or entry[field] == wanted]
 
 
 def _brief(state: Mapping[str, Any]) -> str:

@@ -35,7 +35,7 @@ from smsagent.migration.rsync_exit import (
     ExitOutcome,
     classify_exit,
 )
-from smsagent.migration.rsync_output import OutputParser, Progress, RsyncStats
+from smsagent.migration.rsync_output import OutputParser, Progress, RecordCallback, RsyncStats
 
 __all__ = [
     "DEFAULT_GRACE_S",
@@ -193,6 +193,7 @@ async def run_rsync(
     env: Optional[Mapping[str, str]] = None,
     grace_s: float = DEFAULT_GRACE_S,
     kind: PassKind = PassKind.migrate,
+    on_record: Optional[RecordCallback] = None,
 ) -> RsyncResult:
     """Run one rsync pass to its end, or until `cancel` is set, and say how it ended.
 
@@ -205,6 +206,8 @@ async def run_rsync(
         on_progress: called with every progress record, from the event loop; if it raises,
             rsync is stopped and the error propagates.
         env: the child's whole environment; default `minimal_env()`.
+        on_record: called with every stdout record that is not progress (e.g. itemized
+            changes), from the event loop.
 
     Raises:
         RsyncError: rsync is not installed (SMS.6517).
@@ -222,7 +225,7 @@ async def run_rsync(
     except FileNotFoundError as exc:
         message = f"rsync is not installed on this server ({argv[0]!r} not found)"
         raise RsyncError(ExitOutcome(ExitClass.fatal, RSYNC_MISSING, message), None) from exc
-    parser, stderr_tail = OutputParser(), LineTail()
+    parser, stderr_tail = OutputParser(on_record), LineTail()
     pump = asyncio.ensure_future(_pump(proc, parser, stderr_tail, on_progress))
     try:
         stop = await _supervise(proc, pump, cancel, grace_s)
@@ -309,6 +312,7 @@ async def run_rsync_with_retries(
     kind: PassKind = PassKind.migrate,
     on_retry: Optional[RetryCallback] = None,
     rng: Optional[random.Random] = None,
+    on_record: Optional[RecordCallback] = None,
 ) -> RsyncResult:
     """Run a pass, running it again after retryable failures (the partial files are reused).
 
@@ -322,7 +326,13 @@ async def run_rsync_with_retries(
     attempt = 0
     while True:
         result = await run_rsync(
-            argv, on_progress=on_progress, cancel=cancel, env=env, grace_s=grace_s, kind=kind
+            argv,
+            on_progress=on_progress,
+            cancel=cancel,
+            env=env,
+            grace_s=grace_s,
+            kind=kind,
+            on_record=on_record,
         )
         exit_class = result.outcome.exit_class
         if exit_class is ExitClass.fatal:

@@ -41,6 +41,8 @@ class RsyncJob:
             file system keeps coarser times than the source's (each pass would resend).
         rsync_path: the local rsync.
         remote_rsync_path: rsync on the target, when it is not on the target's PATH.
+        extra_options: more options, placed after the standard ones (e.g. a dry run that
+            itemizes every file, for a verification).
     """
 
     source_root: str
@@ -55,6 +57,7 @@ class RsyncJob:
     nanosecond_times: bool = True
     rsync_path: str = "rsync"
     remote_rsync_path: Optional[str] = None
+    extra_options: tuple[str, ...] = ()
 
 
 def bwlimit_kib_s(limit_mbit_s: float, streams: int = 1) -> int:
@@ -106,6 +109,7 @@ def _options(job: RsyncJob) -> list[str]:
         argv.append(f"--bwlimit={job.bwlimit_kib_s}")
     if job.remote_rsync_path:
         argv.append(f"--rsync-path={job.remote_rsync_path}")
+    argv += job.extra_options
     argv += [f"--filter={rule}" for rule in job.filter_rules]
     return argv
 

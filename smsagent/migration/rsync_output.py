@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Final, Optional
+from typing import Callable, Final, Optional
 
 # `   1087897636  36%   10.00MB/s    0:00:01 (xfr#1, to-chk=3/5)`; the parenthesis is optional.
 _PROGRESS_RE: Final = re.compile(
@@ -168,10 +168,19 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-class OutputParser:
-    """Follow rsync's stdout: every progress record and, at the end, the summary."""
+RecordCallback = Callable[[str], None]
 
-    def __init__(self) -> None:
+
+class OutputParser:
+    """Follow rsync's stdout: every progress record and, at the end, the summary.
+
+    Args:
+        on_record: called with every record that is not progress (itemized changes, the
+            summary lines), in order.
+    """
+
+    def __init__(self, on_record: Optional[RecordCallback] = None) -> None:
+        self._on_record = on_record
         self._splitter = RecordSplitter()
         # The summary is the last ~15 lines; earlier non-progress lines are not needed.
         self._other_lines: deque[str] = deque(maxlen=64)
@@ -195,6 +204,8 @@ class OutputParser:
             progress = parse_progress_record(record)
             if progress is None:
                 self._other_lines.append(record)
+                if self._on_record is not None:
+                    self._on_record(record)
                 continue
             found.append(progress)
             self.last_progress = progress

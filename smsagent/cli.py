@@ -17,7 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("smsagent.status", "show the agent's state from the state directory"),
     "inventory": ("smsagent.inventory.cli", "print the registration body as JSON"),
     "emulator": ("smsagent.emulator.cli", "serve a local SMS-compatible control plane"),
-    "version": ("smsagent.cli", "print the version and the loaded handlers"),
+    "version": ("smsagent.version_cli", "print the version and the loaded handlers"),
 }
 
 EXIT_OK = 0
@@ -34,14 +34,8 @@ def _usage() -> str:
 def _load(name: str) -> Callable[[Sequence[str]], int]:
     module_name, _ = SUBCOMMANDS[name]
     module = importlib.import_module(module_name)
-    entry: Callable[[Sequence[str]], int] = getattr(module, f"main_{name}", None) or module.main
+    entry: Callable[[Sequence[str]], int] = module.main
     return entry
-
-
-def main_version(argv: Sequence[str]) -> int:
-    """Print the version (handlers are listed by `smsagent check`)."""
-    print(f"smsagent {__version__}")
-    return EXIT_OK
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -51,7 +45,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(_usage(), file=sys.stdout if args else sys.stderr)
         return EXIT_OK if args else EXIT_USAGE
     if args[0] in ("-V", "--version"):
-        return main_version([])
+        print(f"smsagent {__version__}")
+        return EXIT_OK
     name, rest = args[0], args[1:]
     if name not in SUBCOMMANDS:
         print(f"smsagent: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)

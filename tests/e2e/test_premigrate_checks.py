@@ -339,7 +339,8 @@ class TestBadTarget:
         report = await drill.run()
         _assert_failed_with(report, "task_key", TASK_KEY_MISSING)
         assert report.check("target_login").reason == "not checked: no task key"
-        assert drill.target.session_pids() == []
+        assert not (drill.settings.state_dir / "known_hosts" / drill.task_id).exists()
+        assert "publickey" not in drill.target.sshd_log.read_text()
 
 
 class TestSmsTrouble:

@@ -36,12 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--env-file",
         type=Path,
+        metavar="PATH",
         help=f"settings file in KEY=value lines (default: {DEFAULT_ENV_FILE} if it exists)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
         "--timeout",
         type=float,
+        metavar="SECONDS",
         default=DEFAULT_TIMEOUT_S,
         help=f"seconds each check may take (default: {DEFAULT_TIMEOUT_S:g})",
     )

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Final, Optional
 
 from smsagent import log as logging_setup
-from smsagent.api.auth import AkSkCredentials, Credentials, IamTokenCredentials, TokenCredentials
-from smsagent.api.client import SmsClient
 from smsagent.checks.endpoint import CLOCK, CREDENTIALS, ENDPOINT, TLS_FAILED, endpoint_checks
 from smsagent.checks.install import install_checks
 from smsagent.checks.local import run_local_checks
 from smsagent.checks.model import Check, all_failed_as, bounded, first_error
 from smsagent.checks.render import render_json, render_table
-from smsagent.config import DEFAULT_ENV_FILE, AuthMode, ConfigError, Settings, load_settings
+from smsagent.config import DEFAULT_ENV_FILE, ConfigError, Settings, load_settings
+from smsagent.service import make_client
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
@@ -50,42 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def credentials_from(settings: Settings) -> Credentials:
-    """The credentials the settings configure (validation guarantees one complete kind)."""
-    mode = settings.auth_mode
-    if mode is AuthMode.aksk and settings.ak and settings.sk:
-        return AkSkCredentials(settings.ak, settings.sk, settings.project_id)
-    if mode is AuthMode.token and settings.token:
-        return TokenCredentials(settings.token, settings.project_id)
-    if settings.iam_user and settings.iam_password and settings.iam_domain:
-        return IamTokenCredentials(
-            iam_endpoint=settings.iam_endpoint,
-            user=settings.iam_user,
-            password=settings.iam_password,
-            domain=settings.iam_domain,
-            project_id=settings.project_id,
-            refresh_margin_s=settings.iam_token_refresh_margin,
-        )
-    raise AssertionError("validated settings always carry one complete kind of credentials")
-
-
-def client_from(settings: Settings) -> SmsClient:
-    """An SMS client with the settings' endpoint, credentials, timeouts, TLS and proxy."""
-    return SmsClient(
-        settings.endpoint,
-        credentials_from(settings),
-        connect_timeout_s=settings.connect_timeout,
-        read_timeout_s=settings.read_timeout,
-        verify_tls=settings.verify_tls,
-        ca_bundle=settings.ca_bundle,
-        proxy=settings.proxy,
-    )
-
-
 async def _endpoint(settings: Settings, timeout_s: float) -> list[Check]:
     failed = all_failed_as(ENDPOINT, CLOCK, CREDENTIALS)
     try:
-        async with client_from(settings) as client:
+        async with make_client(settings) as client:
             return await bounded(lambda: endpoint_checks(client, settings), timeout_s, failed)
     except ValueError as exc:  # an unusable CA bundle: the client cannot be opened
         return failed(str(exc), TLS_FAILED)

@@ -27,8 +27,8 @@ T = TypeVar("T")
 
 SUITE = "bookworm"
 DEFAULT_CACHE_DIR = Path(os.environ.get("SMSAGENT_TEST_CACHE", "/var/cache/smsagent-tests"))
-# What a Debian 12 server the agent is installed on has, plus procps (ps, pgrep) for the tests
-# and rpm to run the .rpm's scriptlets in the same root.
+# What a Debian 12 server the agent is installed on has (iproute2 for the network inventory),
+# plus procps (ps) for the tests and rpm to run the .rpm's scriptlets in the same root.
 BASE_PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -37,6 +37,7 @@ BASE_PACKAGES = (
     "python3-venv",
     "rsync",
     "openssh-client",
+    "iproute2",
     "procps",
     "rpm",
 )

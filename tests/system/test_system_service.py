@@ -42,6 +42,7 @@ def env_file(emulator: EmulatorProcess, **extra: str) -> str:
         "SMSAGENT_POLL_INTERVAL": "1",
         "SMSAGENT_ACTIVE_POLL_INTERVAL": "1",
         "SMSAGENT_BACKOFF_CAP": "5",
+        "SMSAGENT_ACCEPT_PRIVACY_STATEMENT": "true",
         **extra,
     }
     return "".join(f"{name}={value}\n" for name, value in settings.items())
@@ -146,7 +147,8 @@ class TestService:
         entries = agent.journal(f"--unit={UNIT}", "SYSLOG_IDENTIFIER=smsagent")
         with_command = [e for e in entries if e.get("COMMAND") in ("START", "STOP")]
 
-        assert with_command, f"no entry with a COMMAND field among {len(entries)}"
+        sample = entries[-1]["MESSAGE"] if entries else None
+        assert with_command, f"no COMMAND field in {len(entries)} entries, e.g. MESSAGE={sample!r}"
         assert all(e.get("TASK_ID") for e in with_command)
         assert {e["PRIORITY"] for e in entries} <= {"2", "3", "4", "5", "6", "7"}
         assert not [e for e in entries if SK in str(e)]

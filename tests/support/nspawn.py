@@ -124,6 +124,10 @@ def root_tarball(
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not tarball.exists():
             _bootstrap_into(tarball, packages)
+            # Roots of an older recipe are never used again.
+            for stale in cache_dir.glob(f"debian-{SUITE}-*.tar"):
+                if stale != tarball:
+                    stale.unlink()
     return tarball
 
 

@@ -77,3 +77,23 @@ async def test_a_forced_report_is_sent_without_waiting():
     assert client.bodies[-1].progress == 100
     await progress.close()
     assert len(client.bodies) == 2
+
+
+async def test_close_right_after_a_forced_report_returns():
+    """`close()` ends the sender even when the cancel arrives just as a forced report wakes it
+    from its throttling wait (`asyncio.wait_for` before Python 3.12 swallowed that cancel, and
+    the work waited for the sender for ever)."""
+    clock = [0.0]
+    client = RecordingClient()
+    progress = TaskProgress(client, "t1", interval_s=5.0, monotonic=lambda: clock[0])
+    await progress.report(SubtaskName.MIGRATE_LINUX_FILE, 0, 10, force=True)
+    await asyncio.wait_for(client.sent.wait(), 5)
+    await progress.report(SubtaskName.MIGRATE_LINUX_FILE, 5, 10)
+    for _ in range(5):
+        await asyncio.sleep(0)  # the sender now waits out the interval
+    await progress.report(SubtaskName.MIGRATE_LINUX_FILE, 10, 10, force=True)
+    closing = asyncio.ensure_future(progress.close())
+    done, _ = await asyncio.wait({closing}, timeout=2.0)
+    closing.cancel()
+    assert done, "close() did not return"
+    assert client.bodies[-1].progress == 100

@@ -106,7 +106,7 @@ class TestInstall:
     ) -> None:
         """`smsagent` is on the PATH and runs on the host's python3 in its own venv."""
         target = container.exec(["readlink", "-f", "/usr/bin/smsagent"]).stdout.strip()
-        version = container.exec(["smsagent", "version"]).stdout.strip()
+        version = container.exec(["smsagent", "version"]).stdout.splitlines()[0]
         base = container.exec(
             ["/usr/lib/smsagent/venv/bin/python", "-c", "import sys; print(sys.base_prefix)"]
         ).stdout.strip()

@@ -51,7 +51,7 @@ class TestRpmInstall:
     ) -> None:
         """%post (argument 1) builds the venv and enables the unit; the agent waits for config."""
         state = container.unit_properties(UNIT, "UnitFileState", "ActiveState")
-        version = container.exec(["smsagent", "version"]).stdout.strip()
+        version = container.exec(["smsagent", "version"]).stdout.splitlines()[0]
 
         assert state == {"UnitFileState": "enabled", "ActiveState": "inactive"}
         assert version == f"smsagent {__version__}"

@@ -2,7 +2,12 @@
 another, resumably, reporting progress, through nothing but its `HandlerContext`.
 
 The task names the directories in its own fields `fscopy_source` and `fscopy_target`; without
-them the agent's `source_root` and `target_root` settings are used.
+them the agent's `source_root` and `target_root` settings are used. Its field
+`fscopy_file_delay_s` (seconds, default 0) pauses after each file, so that a test can stop,
+signal or kill a copy mid-way; the pause ends early when the work is asked to stop.
+
+Log events: `fscopy_started` (stage, `resume_from`: the last entry a resume skips to),
+`fscopy_file_copied` (each file or symlink written, by `path`), `fscopy_done`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ COPY_STAGE: Final = SubtaskName.MIGRATE_LINUX_FILE
 SYNC_STAGE: Final = SubtaskName.SYNC_LINUX_FILE
 ERROR_BAD_PATHS: Final = "FSCOPY.BAD_PATHS"
 PART_SUFFIX: Final = ".fscopy-part"
+FILE_DELAY_FIELD: Final = "fscopy_file_delay_s"
 
 
 @dataclass(frozen=True)
@@ -75,10 +81,17 @@ class _Copy:
     """One pass of copying `source` into `target` for one stage."""
 
     def __init__(
-        self, ctx: HandlerContext, stage: SubtaskName, source: Path, target: Path, chunk_bytes: int
+        self,
+        ctx: HandlerContext,
+        stage: SubtaskName,
+        source: Path,
+        target: Path,
+        chunk_bytes: int,
+        file_delay_s: float = 0.0,
     ) -> None:
         self.ctx, self.stage, self.source, self.target = ctx, stage, source, target
         self.chunk_bytes = chunk_bytes
+        self.file_delay_s = file_delay_s
         self.bytes_done = 0
         self.bytes_total = 0
         self.cursor = ""
@@ -92,14 +105,19 @@ class _Copy:
         self.cursor = _cursor(record, self.stage)
         self.bytes_done = sum(e.size for e in entries if e.relative <= self.cursor)
         await self.ctx.progress.report(self.stage, self.bytes_done, self.bytes_total, force=True)
+        self.ctx.log.info("fscopy_started", stage=self.stage.value, resume_from=self.cursor)
         copied = 0
         try:
             for entry in entries:
                 if entry.relative <= self.cursor:
                     continue
-                copied += await self._copy_entry(entry)
+                written = await self._copy_entry(entry)
+                copied += written
                 self.cursor = entry.relative
                 self._save(force=False)
+                if written:
+                    self.ctx.log.info("fscopy_file_copied", path=entry.relative)
+                    await self._pause()
         finally:
             self._save(force=True)
         self.ctx.update_task(lambda r: r.finish_stage(self.stage.value, self.ctx.clock()))
@@ -140,6 +158,17 @@ class _Copy:
             raise
         shutil.copystat(source, part)
         part.replace(target)
+
+    async def _pause(self) -> None:
+        """Wait `file_delay_s`, or less if the work is asked to stop (checked at the next file)."""
+        if self.file_delay_s <= 0:
+            return
+        # asyncio.wait, not wait_for: before Python 3.12 wait_for can swallow a task cancel.
+        waiter = asyncio.ensure_future(self.ctx.cancel.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=self.file_delay_s)
+        finally:
+            waiter.cancel()
 
     def _save(self, *, force: bool) -> None:
         # A resume redoes at most the files of the last second; saving after every file
@@ -182,7 +211,8 @@ class FsCopyHandler:
         if drill:
             return HandlerOutcome.success("source and target are usable", next_state=State.idle)
         stage = _stage_for(ctx, command)
-        copied = await _Copy(ctx, stage, source, target, self.chunk_bytes).run()
+        delay_s = _file_delay_s(command)
+        copied = await _Copy(ctx, stage, source, target, self.chunk_bytes, delay_s).run()
         ctx.log.info("fscopy_done", stage=stage.value, files_copied=copied)
         syncing = bool(command.task is not None and command.task.syncing)
         return HandlerOutcome.success(
@@ -209,6 +239,14 @@ def _paths(ctx: HandlerContext, command: CommandEnvelope) -> tuple[Path, Path]:
     source = extra.get("fscopy_source") or stored[0] or ctx.settings.source_root
     target = extra.get("fscopy_target") or stored[1] or ctx.settings.target_root
     return Path(str(source)), Path(str(target))
+
+
+def _file_delay_s(command: CommandEnvelope) -> float:
+    extra = (command.task.model_extra or {}) if command.task is not None else {}
+    value = extra.get(FILE_DELAY_FIELD)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    return max(float(value), 0.0)
 
 
 def _check_paths(source: Path, target: Path) -> Optional[str]:

@@ -6,25 +6,27 @@
 #
 # Usage: tests/system/matrix.sh 3.9 3.10 ...
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 
 TESTS="tests/unit tests/integration tests/interop"
 PYENV_ROOT=$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")
 
 # The newest pyenv CPython X.Y.Z for X.Y (not free-threaded or other variants).
 find_python() {
-	ls -d "$PYENV_ROOT"/versions/"$1".*/bin/python 2>/dev/null |
-		grep -E "/versions/$1\.[0-9]+/bin/python\$" | sort -V | tail -n 1
+	for candidate in "$PYENV_ROOT/versions/$1".*/bin/python; do
+		patch=${candidate#"$PYENV_ROOT/versions/$1."}
+		patch=${patch%/bin/python}
+		case $patch in '' | *[!0-9]*) continue ;; esac
+		[ -x "$candidate" ] && echo "$patch $candidate"
+	done | sort -n | tail -n 1 | cut -d' ' -f2-
 }
 
 # Create .venv-X.Y and install the project with its test extras, again when pyproject changes.
 prepare_venv() {
 	venv=.venv-$1
 	stamp=$venv/.installed
-	if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] &&
-		[ "$stamp" -nt tests/plugins/fsplugin/pyproject.toml ]; then
-		return 0
-	fi
+	fresh=$(find "$stamp" -newer pyproject.toml -newer tests/plugins/fsplugin/pyproject.toml 2>/dev/null)
+	[ -n "$fresh" ] && return 0
 	rm -rf "$venv"
 	"$2" -m venv "$venv" &&
 		"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip &&

@@ -1,0 +1,120 @@
+"""A whole file-level migration through the MIGRATE_FILE handler: emulator, real SSH, real rsync.
+
+The special tree arrives identical (an independent comparison and rsync's own checksum dry run
+both find nothing), the verification finds it consistent and says so to SMS, and the progress SMS
+receives rises to 100 with sizes that match the data.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smsagent.agent.machine import State
+from smsagent.api.enums import CommandResult
+from smsagent.migration.handler import VERIFY_STAGE
+from tests.support.emulator import EmulatorProcess
+from tests.support.migrate import MigrationRig, migration_rig
+from tests.support.target import TargetHost
+from tests.support.tree import MiB, SpecialTree, build_special_tree
+from tests.support.treecompare import compare_trees, rsync_differences
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
+    with EmulatorProcess(tmp_path / "emulator").started() as process:
+        yield process
+
+
+@pytest.fixture
+async def rig(
+    tmp_path: Path, emulator: EmulatorProcess, target_host: TargetHost, special_tree: SpecialTree
+) -> AsyncIterator[MigrationRig]:
+    """The special tree (20 MiB large file) as the source, the handler the entry point installs."""
+    async with migration_rig(
+        tmp_path / "agent", emulator, target_host, special_tree.root, handler=None
+    ) as created:
+        yield created
+
+
+def du_bytes(path: Path) -> int:
+    """Bytes allocated below `path` on its own file system, as `du` counts them."""
+    done = subprocess.run(
+        ["du", "-sx", "--block-size=1", str(path)], capture_output=True, text=True, check=True
+    )
+    return int(done.stdout.split()[0])
+
+
+def assert_identical(source: Path, target: Path) -> None:
+    assert compare_trees(source, target) == []
+    assert rsync_differences(source, target) == []
+
+
+def assert_progress_rises_to_100(reports: list[dict[str, Any]], total_bytes: int) -> None:
+    """Per stage: percent and bytes never fall, the total is the data, the last says 100."""
+    assert reports, "SMS received no progress"
+    for stage in {r["subtask_name"] for r in reports}:
+        mine = [r for r in reports if r["subtask_name"] == stage]
+        percents = [r["progress"] for r in mine]
+        replicated = [r["replicatesize"] for r in mine]
+        assert percents == sorted(percents), percents
+        assert replicated == sorted(replicated), replicated
+        assert {r["totalsize"] for r in mine} == {total_bytes}
+        assert all(r["replicatesize"] <= total_bytes for r in mine)
+        assert (mine[-1]["progress"], mine[-1]["replicatesize"]) == (100, total_bytes)
+        assert all(r["progress"] < 100 for r in mine[:-1] if r["replicatesize"] < total_bytes)
+
+
+class TestFullMigration:
+    @pytest.mark.timeout(180)
+    async def test_special_tree_arrives_identical(
+        self, rig: MigrationRig, special_tree: SpecialTree, target_host: TargetHost
+    ) -> None:
+        """START copies everything, verifies it, reports it consistent and ends replicated."""
+        rig.create_task()
+        await rig.start()
+        settled = await rig.settled()
+
+        assert settled.result is CommandResult.success, settled
+        assert settled.state is State.replicated
+        assert settled.detail["verification"] == "done"
+        assert settled.detail["consistent"] is True
+        assert_identical(special_tree.root, target_host.root)
+        record = rig.record()
+        assert record.progress_of("MIGRATE_LINUX_FILE").done
+        assert record.progress_of(VERIFY_STAGE).done
+        [result] = rig.consistency_results()
+        assert result["dir_check"] == "/"
+        assert result["num_total_files"] > 50
+        assert result["num_different_files"] == 0
+        assert result["num_target_miss_files"] == result["num_target_more_files"] == 0
+        reports = rig.progress_reports()
+        assert {r["subtask_name"] for r in reports} == {"MIGRATE_LINUX_FILE"}
+        assert_progress_rises_to_100(reports, du_bytes(special_tree.root))
+        # The task key is kept private and the target's host key is pinned for the task.
+        key_file = rig.settings.state_dir / "keys" / f"{rig.task_id}.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        pinned = (rig.settings.state_dir / "known_hosts" / rig.task_id).read_text()
+        assert target_host.host_public_key.split()[1] in pinned
+
+    @pytest.mark.slow
+    @pytest.mark.timeout(600)
+    async def test_large_file_200_mb(
+        self, tmp_path: Path, emulator: EmulatorProcess, target_host: TargetHost
+    ) -> None:
+        """The special tree with a 200 MB file arrives identical."""
+        tree = build_special_tree(tmp_path / "big-source", large_file_bytes=200 * MiB)
+        async with migration_rig(tmp_path / "agent-big", emulator, target_host, tree.root) as rig:
+            rig.create_task()
+            await rig.start()
+            settled = await rig.settled(timeout_s=500)
+            assert settled.result is CommandResult.success, settled
+            assert settled.detail["consistent"] is True
+            assert_identical(tree.root, target_host.root)
+            assert_progress_rises_to_100(rig.progress_reports(), du_bytes(tree.root))

@@ -1,0 +1,305 @@
+"""A file-level migration rig: the MIGRATE_FILE handler driven the way the poller drives it,
+against the real emulator (over HTTP) and a real target host (sshd in a network namespace).
+
+Tests speak to the rig in commands and observations only, so that a rig running the whole agent
+process can stand in for this one:
+
+    rig.create_task(syncing=False)
+    await rig.start()                       # START, as the server would send it
+    outcome = await rig.settled()           # the work's end: result, state, error, detail
+    await rig.stop()                        # STOP (returns when the work has wound down)
+    rig.progress_reports()                  # what SMS received on PUT progress
+
+Here, START is decided by the machine, persisted, the task read from SMS and the work started in
+a work slot through `invoke`; STOP and SKIP go to the built-in handlers. Progress goes through
+the agent's own `TaskProgress` to the emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import structlog
+from pydantic import SecretStr
+
+from smsagent.agent.handlers import (
+    CommandEnvelope,
+    Handler,
+    HandlerContext,
+    HandlerOutcome,
+    HandlerRegistry,
+    apply_outcome,
+    invoke,
+)
+from smsagent.agent.machine import WORK_ACTIONS, Action, State, decide
+from smsagent.agent.progress import TaskProgress
+from smsagent.agent.store import TASK, Store, TaskRecord
+from smsagent.agent.work import CancelReason, CancelToken, WorkSlot
+from smsagent.api.auth import TokenCredentials
+from smsagent.api.client import SmsClient
+from smsagent.api.enums import CommandName, CommandResult
+from smsagent.api.models import (
+    ConfigBody,
+    ConfigurationRequestBody,
+    SpeedLimit,
+    SpeedLimitWindow,
+)
+from smsagent.config import Settings
+from smsagent.migration.handler import TASK_TYPE, MigrateFileHandler, MigrateOptions
+from tests.support.agentcore import agent_settings
+from tests.support.emulator import EmulatorProcess
+from tests.support.target import TargetHost
+
+# Short waits so that retries and re-reads happen within a test's time.
+FAST_OPTIONS = MigrateOptions(
+    speed_limit_refresh_s=1.0,
+    skip_poll_s=0.05,
+    retry_base_delay_s=0.2,
+    retry_max_delay_s=1.0,
+    save_interval_s=0.5,
+    sms_retry_delay_s=0.2,
+)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """How a piece of work ended, as the server and the task record see it."""
+
+    result: Optional[CommandResult]
+    state: State
+    error_code: Optional[str]
+    message: str
+    detail: dict[str, Any]
+    ended_at: float
+    """`time.monotonic()` when the work's task completed."""
+
+
+@dataclass
+class MigrationRig:
+    """One source (a directory), one target host, one task in the emulator."""
+
+    emulator: EmulatorProcess
+    target: TargetHost
+    source_root: Path
+    settings: Settings
+    store: Store
+    client: SmsClient
+    handler: Handler
+    registry: HandlerRegistry
+    source_id: str
+    task_id: str = ""
+    slot: WorkSlot[HandlerOutcome] = field(default_factory=WorkSlot)
+    work: Optional[asyncio.Task[HandlerOutcome]] = None
+    _work_settled: bool = False
+    _progress: Optional[TaskProgress] = None
+
+    # -- the task, as the console sets it up --
+
+    def create_task(self, **fields: Any) -> str:
+        """Create the MIGRATE_FILE task for the target host and give it the target's key."""
+        body: dict[str, Any] = {
+            "migration_ip": self.target.ip,
+            "target_server": {"name": "target", "ip": self.target.ip},
+        }
+        body.update(fields)
+        self.task_id = self.emulator.create_task(self.source_id, **body)
+        self.emulator.set_cert_key(self.task_id, private_key=self.target.client_private_key_pem)
+        return self.task_id
+
+    async def configure(self, **values: str) -> None:
+        """Set configuration settings (`NUM_PROCESS_MIGRATE="2"`, ...) as the console does."""
+        body = ConfigurationRequestBody(
+            configurations=[ConfigBody(config_key=k, config_value=v) for k, v in values.items()]
+        )
+        await self.client.upload_special_configuration_setting(self.task_id, body)
+
+    async def set_speed_limits(self, windows: Sequence[tuple[str, str, int]]) -> None:
+        """Replace the task's speed-limit windows: `(start, end, Mbit/s)`."""
+        body = SpeedLimit(
+            speed_limit=[SpeedLimitWindow(start=s, end=e, speed=mbit) for s, e, mbit in windows]
+        )
+        await self.client.update_speed(self.task_id, body)
+
+    # -- commands, as the server sends them --
+
+    async def start(self) -> None:
+        """START: the machine decides, the decision is saved, the work starts (if any)."""
+        await asyncio.to_thread(self.emulator.action, self.task_id, "start")
+        decision, record = self._decide(CommandName.START)
+        assert decision.action in WORK_ACTIONS, f"START did nothing in state {record.state}"
+        task = await self.client.show_task(self.task_id)
+        envelope = CommandEnvelope(
+            CommandName.START, decision.action, record.command_seq, self.task_id, TASK_TYPE, task
+        )
+        self._progress = TaskProgress(self.client, self.task_id, self.settings.progress_interval)
+        progress = self._progress
+        self._work_settled = False
+        self.work = self.slot.start(
+            self.task_id,
+            lambda token: invoke(self.handler, self._context(token, progress), envelope),
+        )
+
+    async def stop(self) -> HandlerOutcome:
+        """STOP: returns once the STOP handler answered (the work has wound down)."""
+        return await self._command(CommandName.STOP)
+
+    async def skip(self) -> HandlerOutcome:
+        """SKIP: asks the running stage to skip, if it may."""
+        return await self._command(CommandName.SKIP)
+
+    async def finish(self) -> HandlerOutcome:
+        """TASK_HAS_FINISHED: the task was cut over; any sync pass stops."""
+        return await self._command(CommandName.TASK_HAS_FINISHED)
+
+    async def settled(self, timeout_s: float = 120.0) -> Settled:
+        """Wait for the running work to end and settle its outcome as the poller does."""
+        assert self.work is not None, "nothing was started"
+        outcome = await asyncio.wait_for(asyncio.shield(self.work), timeout_s)
+        ended_at = time.monotonic()
+        if self._progress is not None:
+            await self._progress.close()
+        self._settle_work()
+        record = self.record()
+        return Settled(
+            outcome.result,
+            record.state,
+            outcome.error_code,
+            outcome.message,
+            dict(outcome.detail),
+            ended_at,
+        )
+
+    # -- observations --
+
+    def record(self) -> TaskRecord:
+        """The task record in the state directory."""
+        record = self.store.load(TASK).value
+        assert record is not None and record.task_id == self.task_id
+        return record
+
+    async def wait_for_stage(self, stage: str, timeout_s: float = 60.0) -> None:
+        """Wait until the task record shows `stage` as the stage running."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            record = self.store.load(TASK).value
+            if record is not None and record.stage == stage and not record.progress_of(stage).done:
+                return
+            if self.work is not None and self.work.done():
+                raise AssertionError(f"the work ended before stage {stage}: {self.work.result()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"stage {stage} not reached within {timeout_s} s: {record}")
+            await asyncio.sleep(0.01)
+
+    def progress_reports(self) -> list[dict[str, Any]]:
+        """The `PUT progress` bodies SMS received for the task, oldest first."""
+        state = self.emulator.state()
+        return [p for p in state["progress"] if p["task_id"] == self.task_id]
+
+    def consistency_results(self) -> list[dict[str, Any]]:
+        """The consistency results SMS holds for the task."""
+        answer = self.emulator.request("GET", f"/v3/tasks/{self.task_id}/consistency-result")
+        assert answer.status == 200, answer
+        return [json.loads(text) for text in answer.json()["result_list"]]
+
+    # -- plumbing --
+
+    def _decide(self, command: CommandName) -> tuple[Any, TaskRecord]:
+        record = self.store.load(TASK).value or TaskRecord.new(self.task_id, TASK_TYPE, time.time())
+        decision = decide(record.state, command)
+        decided = record.apply(decision, command, time.time())
+        self.store.save(TASK, decided)
+        return decision, decided
+
+    async def _command(self, command: CommandName) -> HandlerOutcome:
+        decision, record = self._decide(command)
+        if decision.action is Action.none:
+            outcome = HandlerOutcome(decision.result, decision.next_state)
+        else:
+            envelope = CommandEnvelope(
+                command, decision.action, record.command_seq, self.task_id, TASK_TYPE
+            )
+            ctx = self._context(CancelToken(), TaskProgress(self.client, self.task_id, 1.0))
+            outcome = await invoke(self.registry.resolve(envelope), ctx, envelope)
+        # The poller settles the work's outcome as soon as it ends, before the outcome of the
+        # command that stopped it.
+        self._settle_work()
+        apply_outcome(self.store, self.task_id, outcome, time.time())
+        return outcome
+
+    def _settle_work(self) -> None:
+        if self.work is None or not self.work.done() or self._work_settled:
+            return
+        self._work_settled = True
+        apply_outcome(self.store, self.task_id, self.work.result(), time.time())
+
+    def _context(self, token: CancelToken, progress: TaskProgress) -> HandlerContext:
+        return HandlerContext(
+            client=self.client,
+            store=self.store,
+            settings=self.settings,
+            progress=progress,
+            cancel=token,
+            work=self.slot,
+            log=structlog.get_logger("migrate-rig").bind(task_id=self.task_id),
+            task_id=self.task_id,
+            server_id=self.source_id,
+        )
+
+
+@asynccontextmanager
+async def migration_rig(
+    workdir: Path,
+    emulator: EmulatorProcess,
+    target: TargetHost,
+    source_root: Path,
+    *,
+    handler: Optional[Handler] = None,
+    **settings: Any,
+) -> AsyncIterator[MigrationRig]:
+    """A rig whose agent keeps its state under `workdir`, copying `source_root` to `target`.
+
+    Args:
+        handler: the MIGRATE_FILE handler (default: the one the entry point installs, with
+            short timings).
+        settings: `Settings` fields to override (`stop_grace`, `sync_interval`, ...).
+    """
+    values: dict[str, Any] = {
+        "endpoint": emulator.url,
+        "token": emulator.token,
+        "source_root": source_root,
+        "target_root": target.root,
+        "stop_grace": 5.0,
+        "transfer_retries": 3,
+        "progress_interval": 1.0,
+    }
+    values.update(settings)
+    agent = agent_settings(workdir, **values)
+    store = Store(agent.state_dir)
+    store.open()
+    registry = HandlerRegistry.load()
+    assert agent.token is not None
+    client = SmsClient(agent.endpoint, TokenCredentials(SecretStr(agent.token.get_secret_value())))
+    source_id = await asyncio.to_thread(emulator.register_source)
+    async with client:
+        rig = MigrationRig(
+            emulator=emulator,
+            target=target,
+            source_root=source_root,
+            settings=agent,
+            store=store,
+            client=client,
+            handler=handler or MigrateFileHandler(FAST_OPTIONS),
+            registry=registry,
+            source_id=source_id,
+        )
+        try:
+            yield rig
+        finally:
+            await rig.slot.stop(CancelReason.shutdown, 10.0)

@@ -451,6 +451,7 @@ class Task(ResponseModel):
     subtask_info: Optional[str] = None
     syncing: Optional[bool] = None
     special_config: Optional[list[dict[str, Any]]] = None
+    is_need_consistency_check: Optional[bool] = None
 
 
 class ListTasksResponse(ResponseModel):

@@ -265,10 +265,18 @@ class PassOptions:
 
 @dataclass(frozen=True)
 class PassSummary:
-    """How a pass went: each stream's last rsync run, and how often streams were restarted."""
+    """How a pass went.
+
+    Attributes:
+        results: each stream's last rsync run.
+        restarts: streams restarted for a new speed limit.
+        retries: rsync runs repeated after a network failure.
+        duration_s: wall time of the pass.
+    """
 
     results: tuple[RsyncResult, ...]
     restarts: int
+    retries: int
     duration_s: float
 
     def _stat(self, name: str) -> int:
@@ -297,6 +305,7 @@ class PassSummary:
             "files_deleted": self._stat("files_deleted"),
             "files_vanished": self.files_vanished,
             "stream_restarts": self.restarts,
+            "retries": self.retries,
             "streams": len(self.results),
         }
 
@@ -343,6 +352,7 @@ class PassRunner:
         self._moved = asyncio.Event()
         self._abort = asyncio.Event()
         self._restarts = 0
+        self._retries = 0
         self._saved_at = 0.0
 
     async def run(self) -> PassSummary:
@@ -364,8 +374,10 @@ class PassRunner:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-        self._save(force=True)
-        return PassSummary(tuple(results), self._restarts, time.monotonic() - started_at)
+            # However the pass ends, a resume must not count less than was reported.
+            self._save(force=True)
+        duration_s = time.monotonic() - started_at
+        return PassSummary(tuple(results), self._restarts, self._retries, duration_s)
 
     async def _streams_done(
         self,
@@ -407,7 +419,7 @@ class PassRunner:
                     cancel=stop,
                     grace_s=self._options.grace_s,
                     kind=self._spec.kind,
-                    on_retry=lambda *_: self.progress.restart(index),
+                    on_retry=lambda *_: self._on_retry(index),
                 )
             finally:
                 waker.cancel()
@@ -421,6 +433,10 @@ class PassRunner:
             self._ctx.log.info(
                 "rsync_restarted", stream=index, speed_limit_mbit_s=self._limits.current_mbit_s
             )
+
+    def _on_retry(self, index: int) -> None:
+        self._retries += 1
+        self.progress.restart(index)
 
     def _on_progress(self, index: int, progress: Progress) -> None:
         self.progress.update(index, progress)

@@ -7,10 +7,8 @@ receives rises to 100 with sizes that match the data.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,10 +16,15 @@ from smsagent.agent.machine import State
 from smsagent.api.enums import CommandResult
 from smsagent.migration.handler import VERIFY_STAGE
 from tests.support.emulator import EmulatorProcess
-from tests.support.migrate import MigrationRig, migration_rig
+from tests.support.migrate import (
+    MigrationRig,
+    assert_identical,
+    assert_progress_rises_to_100,
+    du_bytes,
+    migration_rig,
+)
 from tests.support.target import TargetHost
 from tests.support.tree import MiB, SpecialTree, build_special_tree
-from tests.support.treecompare import compare_trees, rsync_differences
 
 pytestmark = pytest.mark.root
 
@@ -41,34 +44,6 @@ async def rig(
         tmp_path / "agent", emulator, target_host, special_tree.root, handler=None
     ) as created:
         yield created
-
-
-def du_bytes(path: Path) -> int:
-    """Bytes allocated below `path` on its own file system, as `du` counts them."""
-    done = subprocess.run(
-        ["du", "-sx", "--block-size=1", str(path)], capture_output=True, text=True, check=True
-    )
-    return int(done.stdout.split()[0])
-
-
-def assert_identical(source: Path, target: Path) -> None:
-    assert compare_trees(source, target) == []
-    assert rsync_differences(source, target) == []
-
-
-def assert_progress_rises_to_100(reports: list[dict[str, Any]], total_bytes: int) -> None:
-    """Per stage: percent and bytes never fall, the total is the data, the last says 100."""
-    assert reports, "SMS received no progress"
-    for stage in {r["subtask_name"] for r in reports}:
-        mine = [r for r in reports if r["subtask_name"] == stage]
-        percents = [r["progress"] for r in mine]
-        replicated = [r["replicatesize"] for r in mine]
-        assert percents == sorted(percents), percents
-        assert replicated == sorted(replicated), replicated
-        assert {r["totalsize"] for r in mine} == {total_bytes}
-        assert all(r["replicatesize"] <= total_bytes for r in mine)
-        assert (mine[-1]["progress"], mine[-1]["replicatesize"]) == (100, total_bytes)
-        assert all(r["progress"] < 100 for r in mine[:-1] if r["replicatesize"] < total_bytes)
 
 
 class TestFullMigration:

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import structlog
 from pydantic import SecretStr
@@ -38,7 +40,7 @@ from smsagent.agent.handlers import (
     apply_outcome,
     invoke,
 )
-from smsagent.agent.machine import WORK_ACTIONS, Action, State, decide
+from smsagent.agent.machine import WORK_ACTIONS, Action, State, decide, recover
 from smsagent.agent.progress import TaskProgress
 from smsagent.agent.store import TASK, Store, TaskRecord
 from smsagent.agent.work import CancelReason, CancelToken, WorkSlot
@@ -56,6 +58,7 @@ from smsagent.migration.handler import TASK_TYPE, MigrateFileHandler, MigrateOpt
 from tests.support.agentcore import agent_settings
 from tests.support.emulator import EmulatorProcess
 from tests.support.target import TargetHost
+from tests.support.treecompare import compare_trees, rsync_differences
 
 # Short waits so that retries and re-reads happen within a test's time.
 FAST_OPTIONS = MigrateOptions(
@@ -134,9 +137,13 @@ class MigrationRig:
         await asyncio.to_thread(self.emulator.action, self.task_id, "start")
         decision, record = self._decide(CommandName.START)
         assert decision.action in WORK_ACTIONS, f"START did nothing in state {record.state}"
+        await self._start_work(CommandName.START, decision.action)
+
+    async def _start_work(self, command: CommandName, action: Action) -> None:
+        record = self.record()
         task = await self.client.show_task(self.task_id)
         envelope = CommandEnvelope(
-            CommandName.START, decision.action, record.command_seq, self.task_id, TASK_TYPE, task
+            command, action, record.command_seq, self.task_id, TASK_TYPE, task
         )
         self._progress = TaskProgress(self.client, self.task_id, self.settings.progress_interval)
         progress = self._progress
@@ -157,6 +164,26 @@ class MigrationRig:
     async def finish(self) -> HandlerOutcome:
         """TASK_HAS_FINISHED: the task was cut over; any sync pass stops."""
         return await self._command(CommandName.TASK_HAS_FINISHED)
+
+    async def shutdown(self) -> HandlerOutcome:
+        """The agent shuts down mid-work: the work is stopped for shutdown and owes nothing."""
+        assert self.work is not None, "nothing was started"
+        await self.slot.stop(CancelReason.shutdown, self.settings.stop_grace + 10)
+        outcome = self.work.result()
+        if self._progress is not None:
+            await self._progress.close()
+        self._settle_work()
+        return outcome
+
+    async def restart(self) -> None:
+        """The agent starts again: what the saved task says was under way resumes."""
+        record = self.record()
+        decision = recover(record.state, record.command)
+        assert decision.action in WORK_ACTIONS, f"nothing to resume in state {record.state}"
+        self.store.save(
+            TASK, record.apply(decision, record.command or CommandName.START, time.time())
+        )
+        await self._start_work(record.command or CommandName.START, decision.action)
 
     async def settled(self, timeout_s: float = 120.0) -> Settled:
         """Wait for the running work to end and settle its outcome as the poller does."""
@@ -184,18 +211,26 @@ class MigrationRig:
         assert record is not None and record.task_id == self.task_id
         return record
 
-    async def wait_for_stage(self, stage: str, timeout_s: float = 60.0) -> None:
-        """Wait until the task record shows `stage` as the stage running."""
+    async def wait_for_record(
+        self, predicate: Callable[[TaskRecord], bool], timeout_s: float = 60.0
+    ) -> TaskRecord:
+        """Wait until the task record satisfies `predicate` (polled) and return it."""
         deadline = time.monotonic() + timeout_s
         while True:
             record = self.store.load(TASK).value
-            if record is not None and record.stage == stage and not record.progress_of(stage).done:
-                return
+            if record is not None and predicate(record):
+                return record
             if self.work is not None and self.work.done():
-                raise AssertionError(f"the work ended before stage {stage}: {self.work.result()}")
+                raise AssertionError(f"the work ended first: {self.work.result()}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"stage {stage} not reached within {timeout_s} s: {record}")
+                raise AssertionError(f"no such task record within {timeout_s} s: {record}")
             await asyncio.sleep(0.01)
+
+    async def wait_for_stage(self, stage: str, timeout_s: float = 60.0) -> TaskRecord:
+        """Wait until the task record shows `stage` running."""
+        return await self.wait_for_record(
+            lambda r: r.stage == stage and not r.progress_of(stage).done, timeout_s
+        )
 
     def progress_reports(self) -> list[dict[str, Any]]:
         """The `PUT progress` bodies SMS received for the task, oldest first."""
@@ -303,3 +338,55 @@ async def migration_rig(
             yield rig
         finally:
             await rig.slot.stop(CancelReason.shutdown, 10.0)
+
+
+def du_bytes(path: Path) -> int:
+    """Bytes allocated below `path` on its own file system, as `du` counts them."""
+    done = subprocess.run(
+        ["du", "-sx", "--block-size=1", str(path)], capture_output=True, text=True, check=True
+    )
+    return int(done.stdout.split()[0])
+
+
+def assert_identical(source: Path, target: Path) -> None:
+    """Two independent opinions: the tree comparison and rsync's checksum dry run."""
+    assert compare_trees(source, target) == []
+    assert rsync_differences(source, target) == []
+
+
+def assert_progress_rises_to_100(reports: list[dict[str, Any]], total_bytes: int) -> None:
+    """Per stage: percent and bytes never fall, the total is the data, the last says 100."""
+    assert reports, "SMS received no progress"
+    for stage in {r["subtask_name"] for r in reports}:
+        mine = [r for r in reports if r["subtask_name"] == stage]
+        percents = [r["progress"] for r in mine]
+        replicated = [r["replicatesize"] for r in mine]
+        assert percents == sorted(percents), percents
+        assert replicated == sorted(replicated), replicated
+        assert {r["totalsize"] for r in mine} == {total_bytes}
+        assert all(r["replicatesize"] <= total_bytes for r in mine)
+        assert (mine[-1]["progress"], mine[-1]["replicatesize"]) == (100, total_bytes)
+        assert all(r["progress"] < 100 for r in mine[:-1] if r["replicatesize"] < total_bytes)
+
+
+def mover_processes() -> list[tuple[int, str]]:
+    """This process's descendants that are rsync or ssh (pid, name)."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        head, _, rest = stat.rpartition(")")
+        parents[int(entry.name)] = int(rest.split()[1])
+        names[int(entry.name)] = head.partition("(")[2]
+    found, frontier = [], [os.getpid()]
+    while frontier:
+        current = frontier.pop()
+        kids = [pid for pid, parent in parents.items() if parent == current]
+        frontier += kids
+        found += [(pid, names[pid]) for pid in kids if names[pid] in ("rsync", "ssh")]
+    return found

@@ -246,7 +246,10 @@ class MigrationRig:
     # -- plumbing --
 
     def _decide(self, command: CommandName) -> tuple[Any, TaskRecord]:
-        record = self.store.load(TASK).value or TaskRecord.new(self.task_id, TASK_TYPE, time.time())
+        record = self.store.load(TASK).value
+        if record is None or record.task_id != self.task_id:
+            # A new task replaces the old one, as the machine's other-task rules decide.
+            record = TaskRecord.new(self.task_id, TASK_TYPE, time.time())
         decision = decide(record.state, command)
         decided = record.apply(decision, command, time.time())
         self.store.save(TASK, decided)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,16 @@ def _source(root: Path, copy_of: Optional[str]) -> Path:
     for index in range(2000):
         (docs / f"note-{index:04d}.txt").write_text(f"document {index}\n" * (index % 50 + 1))
     return root
+
+
+def _file_bytes(root: Path) -> int:
+    """Bytes in the regular files under `root` (symlinks not followed)."""
+    total = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            info = os.lstat(os.path.join(directory, name))
+            total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return total
 
 
 def _changes(source: Path) -> list[str]:
@@ -102,12 +113,11 @@ class ProgressLine:
     def __init__(self, emulator: EmulatorProcess, task_id: str) -> None:
         self._emulator = emulator
         self._task_id = task_id
+        self._seen = len(emulator.progress(task_id))
         self._last = ""
 
     def __call__(self) -> None:
-        reports = [
-            p for p in self._emulator.state()["progress"] if p.get("task_id") == self._task_id
-        ]
+        reports = self._emulator.progress(self._task_id)[self._seen :]
         if not reports:
             return
         last = reports[-1]
@@ -131,8 +141,8 @@ def run_pass(emulator: EmulatorProcess, task_id: str, label: str) -> tuple[dict[
     before = len(_results(emulator, task_id))
     say(f"console: Start ({label})")
     started = time.monotonic()
-    emulator.action(task_id, "start")
     progress = ProgressLine(emulator, task_id)
+    emulator.action(task_id, "start")
     results = wait_until(
         f"the {label} result",
         lambda: _results(emulator, task_id)[before:],
@@ -164,9 +174,7 @@ def demo(work: Path, source_arg: Optional[str]) -> int:
         source = _source(work / "source", source_arg)
         if source_arg:
             say(f"source:   a copy of {source_arg}, so that the demo's edits stay in the copy")
-        size = sum(
-            f.stat().st_size for f in source.rglob("*") if f.is_file() and not f.is_symlink()
-        )
+        size = _file_bytes(source)
         say(f"source:   {source} ({size / MiB:.1f} MiB in files)")
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("SMSAGENT_")},

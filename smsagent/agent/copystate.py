@@ -2,7 +2,7 @@
 
     local state     stage          copystate   migrationcycle
     prechecking     -              replicate   replicating
-    running         SYNC_*         syncing     syncing
+    running         SYNC_*         syncing     syncing      (or a sync pass about to begin)
     running         other          replicate   replicating
     stopping        -              stopping    replicating
     stopped         -              stopped     replicating
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Final, Optional
 
-from smsagent.agent.machine import State
+from smsagent.agent.machine import Action, State
 from smsagent.agent.store import TaskRecord
 from smsagent.api.enums import CommandName, CopyState, MigrationCycle
 from smsagent.api.models import PutCopyStateReq
@@ -39,7 +39,8 @@ def copy_state_for(record: Optional[TaskRecord]) -> Optional[PutCopyStateReq]:
     if record is None or record.command is CommandName.PREMIGRATE:
         return None
     if record.state is State.running:
-        if record.stage is not None and record.stage.startswith("SYNC_"):
+        syncing = record.stage is not None and record.stage.startswith("SYNC_")
+        if syncing or record.action is Action.sync_task:
             return PutCopyStateReq(
                 copystate=CopyState.syncing, migrationcycle=MigrationCycle.syncing
             )

@@ -7,7 +7,7 @@ from typing import Optional
 import pytest
 
 from smsagent.agent.copystate import copy_state_for
-from smsagent.agent.machine import State
+from smsagent.agent.machine import Action, State
 from smsagent.agent.store import TaskRecord
 from smsagent.api.enums import CommandName
 
@@ -46,3 +46,12 @@ def test_idle_and_no_task_report_nothing():
 def test_a_drill_reports_its_own_states():
     """A task whose last command is PREMIGRATE is left to the drill's own state reports."""
     assert copy_state_for(_record(State.prechecking, command=CommandName.PREMIGRATE)) is None
+
+
+def test_a_sync_pass_reports_syncing_before_its_stage_begins():
+    """A START on a replicated task is a sync pass from the moment it is decided."""
+    record = _record(State.running, "MIGRATE_LINUX_FILE").model_copy(
+        update={"action": Action.sync_task}
+    )
+    body = copy_state_for(record)
+    assert body is not None and body.copystate.value == "syncing"

@@ -89,7 +89,9 @@ def _agent_rules(source_root: str, own_paths: Sequence[Path]) -> tuple[str, ...]
 def used_bytes(selection: MountSelection, source_root: str) -> int:
     """The used bytes of the selected file systems (see the module docstring)."""
     root = posixpath.normpath(source_root)
-    skipped = frozenset(mount.mount_point for mount in selection.skipped)
+    # A walk stops at every mount below the root: those copied are counted on their own.
+    mounts = [*selection.filesystems[1:], *selection.skipped]
+    skipped = frozenset(posixpath.join(root, mount.relative_path) for mount in mounts)
     total = 0
     for filesystem in selection.filesystems:
         path = posixpath.join(root, filesystem.relative_path) if filesystem.relative_path else root

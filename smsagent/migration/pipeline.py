@@ -90,8 +90,9 @@ def used_bytes(selection: MountSelection, source_root: str) -> int:
     """The used bytes of the selected file systems (see the module docstring)."""
     root = posixpath.normpath(source_root)
     # A walk stops at every mount below the root: those copied are counted on their own.
-    mounts = [*selection.filesystems[1:], *selection.skipped]
-    skipped = frozenset(posixpath.join(root, mount.relative_path) for mount in mounts)
+    below = [fs.relative_path for fs in selection.filesystems[1:]]
+    below += [mount.relative_path for mount in selection.skipped]
+    skipped = frozenset(posixpath.join(root, relative) for relative in below)
     total = 0
     for filesystem in selection.filesystems:
         path = posixpath.join(root, filesystem.relative_path) if filesystem.relative_path else root

@@ -26,7 +26,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -111,16 +111,26 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running(argv: Sequence[str], log_path: Path, env: Mapping[str, str]) -> Iterator[int]:
-    """Run a child with its output in `log_path`; yield its pid; always stop it."""
+def running(
+    argv: Sequence[str], log_path: Path, env: Mapping[str, str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a child with its output in `log_path`; always stop it."""
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
         )
     try:
-        yield process.pid
+        yield process
     finally:
         stop(process)
+
+
+def is_ready(agent: subprocess.Popen[bytes], log_path: Path) -> bool:
+    """Whether the agent logged `agent_ready`; fails at once if it exited instead."""
+    if agent.poll() is not None:
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"the agent exited with {agent.returncode}:\n{tail}")
+    return b'"agent_ready"' in log_path.read_bytes()
 
 
 @dataclass
@@ -241,21 +251,20 @@ def run(seconds: float, workdir: Path) -> bool:
     agent = [sys.executable, "-m", "smsagent", "run", "--env-file", str(env_file)]
     baseline = [sys.executable, "-c", f"import asyncio, time; time.sleep({seconds + 600})"]
     agent_log = workdir / "agent.log"
-    with running(emulator, workdir / "emulator.log", os.environ):
+    with ExitStack() as children:
+        children.enter_context(running(emulator, workdir / "emulator.log", os.environ))
         wait_until("the emulator", lambda: is_answering(url), READY_TIMEOUT_S)
         env = agent_env(url, ak, sk, workdir / "state")
-        with (
-            running(agent, agent_log, env) as agent_pid,
-            running(baseline, workdir / "baseline.log", os.environ) as baseline_pid,
-        ):
-            wait_until(
-                "the agent to be ready",
-                lambda: b'"agent_ready"' in agent_log.read_bytes(),
-                READY_TIMEOUT_S,
-            )
-            polls_before = command_polls(url)
-            figures = measure({"agent": agent_pid, "baseline": baseline_pid}, seconds)
-            polls = command_polls(url) - polls_before
+        agent_process = children.enter_context(running(agent, agent_log, env))
+        baseline_process = children.enter_context(
+            running(baseline, workdir / "baseline.log", os.environ)
+        )
+        wait_until(
+            "the agent to be ready", lambda: is_ready(agent_process, agent_log), READY_TIMEOUT_S
+        )
+        polls_before = command_polls(url)
+        figures = measure({"agent": agent_process.pid, "baseline": baseline_process.pid}, seconds)
+        polls = command_polls(url) - polls_before
     return print_report(figures, polls)
 
 

@@ -173,7 +173,7 @@ class Dispatcher:
                     outcome = await invoke(handler, ctx, prepared)
             finally:
                 await progress.close()
-            self._settle(envelope, outcome)
+            self._settle(envelope, _left_to_the_stopping_command(outcome, token))
 
     async def _with_task(
         self, envelope: CommandEnvelope, token: CancelToken
@@ -314,6 +314,15 @@ def _fetch_failure(task_id: str, exc: SmsError) -> Optional[HandlerOutcome]:
     return HandlerOutcome.failure(
         ERROR_TASK_UNREADABLE, f"cannot read task {task_id}: {exc}", next_state=State.failed
     )
+
+
+def _left_to_the_stopping_command(outcome: HandlerOutcome, token: CancelToken) -> HandlerOutcome:
+    """Work a command stopped changes no state: the task stays `stopping` until the stopping
+    command's handler settles it and owes its result, so that a crash in between is settled by
+    `recover` at the restart, result and all, instead of leaving `stopped` with nothing owed."""
+    if token.reason is CancelReason.command and outcome.result is None:
+        return replace(outcome, next_state=None)
+    return outcome
 
 
 async def _cancelled_within(token: CancelToken, delay_s: float) -> bool:

@@ -17,8 +17,11 @@ command handler settles inside a window to wake the loop early. Hence:
 - The agent keeps polling: no gap between command requests exceeds the cap plus the latency of
   the two requests a poll makes (an owed result, then the command) and a little slack.
 
-The windows are 60 s (errors, resets, latency, broken bodies, AK/SK) and 20 s (expired tokens,
-IAM); the bounds scale with `window_s` as above (61 and 21 polls at a cap of 8 s).
+Registration attempts while SMS is down follow the same schedule, and with every request failing
+each attempt ends at its first request, so they obey the same bound. The windows are 60 s
+(errors, resets, latency, broken bodies; AK/SK), 12 s (an outage at start-up) and 20 s (an
+expired token; IAM); the bound scales with the window as `max_requests_in_window` does: 61, 13
+and 21 polls at a cap of 8 s, and the 2 s latency tightens the first to 21 (resends aside).
 """
 
 from __future__ import annotations

@@ -211,7 +211,7 @@ class VerifyReport:
 
 async def _verify_one(
     job: RsyncJob,
-    target: TargetSession,
+    target: Optional[TargetSession],
     *,
     policy: RetryPolicy,
     stop: asyncio.Event,
@@ -232,13 +232,14 @@ async def _verify_one(
 
 async def verify(
     plan: VerifyPlan,
-    target: TargetSession,
+    target: Optional[TargetSession],
     *,
     policy: RetryPolicy,
     stop: asyncio.Event,
     grace_s: float,
 ) -> VerifyReport:
-    """Compare each directory of `plan` on the source and on the target.
+    """Compare each directory of `plan` on the source and on the target (through `target`;
+    None compares with a local directory).
 
     Setting `stop` ends the verification early (`stopped`, with the directories done so far).
 

@@ -165,13 +165,13 @@ def destination_root(target_root: str) -> str:
         SettingError: the target root is `/` or not absolute.
     """
     root = posixpath.normpath(target_root)
-    if not root.startswith("/") or root == "/":
+    if not root.startswith("/") or not root.strip("/"):
         msg = (
             f"SMSAGENT_TARGET_ROOT: {target_root!r} must be an absolute directory below '/' "
             "(the target's disks are mounted there; its own root is never written)"
         )
         raise SettingError(msg)
-    return root
+    return "/" + root.lstrip("/")
 
 
 @dataclass(frozen=True)

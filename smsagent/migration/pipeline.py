@@ -331,7 +331,8 @@ class PassRunner:
     Args:
         ctx: the handler's context (cancellation, progress, task record).
         spec: the pass.
-        target: the SSH session rsync goes through.
+        target: the SSH session rsync goes through (None: the destination is a local
+            directory).
         limits: the speed limit in force (already read once).
         options: retries, grace, save interval.
         start_bytes: progress an interrupted run of this stage had reached.
@@ -341,7 +342,7 @@ class PassRunner:
         self,
         ctx: HandlerContext,
         spec: PassSpec,
-        target: TargetSession,
+        target: Optional[TargetSession],
         limits: SpeedLimitWatch,
         options: PassOptions,
         start_bytes: int = 0,

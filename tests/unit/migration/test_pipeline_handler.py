@@ -1,0 +1,91 @@
+"""The MIGRATE_FILE handler as a plugin: found through its entry point, its addressing rules, and
+the failures it answers before any SMS call (the work itself runs in tests/e2e)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smsagent.agent.handlers import CommandEnvelope, HandlerRegistry
+from smsagent.agent.machine import Action, State
+from smsagent.agent.store import Store
+from smsagent.api.enums import CommandName, CommandResult
+from smsagent.api.models import Task
+from smsagent.migration.handler import (
+    ERROR_SETTING,
+    TASK_TYPE,
+    MigrateFileHandler,
+    destination_root,
+    target_address,
+)
+from smsagent.migration.settings import SettingError
+from tests.support.agentcore import Runner, agent_settings
+
+
+def task(**fields: Any) -> Task:
+    return Task(id="t1", type=TASK_TYPE, **fields)
+
+
+class TestPlugin:
+    def test_the_entry_point_serves_migrate_file(self) -> None:
+        """The handler loads like any plugin and serves its task type, no command by name."""
+        registry = HandlerRegistry.load()
+        handler = registry.for_task_type(TASK_TYPE)
+        assert isinstance(handler, MigrateFileHandler)
+        envelope = CommandEnvelope(CommandName.START, Action.start_task, 1, "t1", TASK_TYPE)
+        assert registry.resolve(envelope) is handler
+        assert MigrateFileHandler.commands == frozenset()
+
+
+class TestAddressing:
+    @pytest.mark.parametrize(
+        ("fields", "expected"),
+        [
+            ({"migration_ip": "10.0.0.5", "target_server": {"ip": "10.9.9.9"}}, "10.0.0.5"),
+            ({"migration_ip": " ", "target_server": {"ip": "10.9.9.9"}}, "10.9.9.9"),
+            ({"target_server": {"ip": " 10.9.9.9 "}}, "10.9.9.9"),
+            ({}, None),
+        ],
+    )
+    def test_target_address(self, fields: dict[str, Any], expected: str) -> None:
+        """`migration_ip` first, else the target server's `ip`."""
+        assert target_address(task(**fields)) == expected
+
+    def test_destination_is_never_the_targets_root(self) -> None:
+        """The target root is normalized; `/` and relative paths are refused by name."""
+        assert destination_root("/mnt/smsroot/") == "/mnt/smsroot"
+        for bad in ("/", "//", "/mnt/..", "mnt/smsroot"):
+            with pytest.raises(SettingError, match="SMSAGENT_TARGET_ROOT"):
+                destination_root(bad)
+
+
+class TestEarlyFailures:
+    async def test_target_root_slash_fails_the_start(self, tmp_path: Path) -> None:
+        """START with the target root `/` fails, naming the setting, and the task is failed."""
+        settings = agent_settings(tmp_path, target_root=Path("/"))
+        store = Store(settings.state_dir)
+        store.open()
+        runner = Runner(store, settings, HandlerRegistry.load())
+        envelope = CommandEnvelope(
+            CommandName.START, Action.start_task, 1, "t1", TASK_TYPE, task(migration_ip="10.0.0.5")
+        )
+        outcome = await runner.start_work(envelope)
+        assert outcome.result is CommandResult.fail
+        assert outcome.error_code == ERROR_SETTING
+        assert outcome.next_state is State.failed
+        assert "SMSAGENT_TARGET_ROOT" in outcome.message
+
+    async def test_drill_needs_a_registered_server(self, tmp_path: Path) -> None:
+        """PREMIGRATE goes to the drill, which needs this server's SMS id."""
+        settings = agent_settings(tmp_path)
+        store = Store(settings.state_dir)
+        store.open()
+        runner = Runner(store, settings, HandlerRegistry.load())
+        envelope = CommandEnvelope(
+            CommandName.PREMIGRATE, Action.run_premigrate, 1, "t1", TASK_TYPE, task()
+        )
+        outcome = await runner.start_work(envelope)
+        assert outcome.result is CommandResult.fail
+        assert outcome.error_code == "SMSAGENT.NOT_REGISTERED"

@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Callable, Final, Optional, Union
 
 import structlog
+from pydantic import JsonValue
 
 from smsagent.agent.copystate import copy_state_for
 from smsagent.agent.handlers import (
+    SETTLED_STATES,
     CommandEnvelope,
     HandlerContext,
     HandlerOutcome,
@@ -26,7 +29,7 @@ from smsagent.agent.handlers import (
     apply_outcome,
     invoke,
 )
-from smsagent.agent.machine import WORK_ACTIONS, Action, State, recover
+from smsagent.agent.machine import WORK_ACTIONS, Action, State, is_active, recover
 from smsagent.agent.outbox import Outbox, ResultKey, result_body
 from smsagent.agent.progress import TaskProgress
 from smsagent.agent.store import TASK, Store, TaskRecord
@@ -107,7 +110,7 @@ class Dispatcher:
     def resume_after_restart(self) -> None:
         """Continue what the persisted task says was under way when the agent stopped."""
         record = self._parts.store.load(TASK).value
-        if record is None:
+        if record is None or self._finish_interrupted_settle(record):
             return
         decision = recover(record.state, record.command)
         command = record.command or CommandName.START
@@ -124,6 +127,33 @@ class Dispatcher:
                     command, decision.action, record.command_seq, record.task_id, record.task_type
                 )
             )
+
+    def _finish_interrupted_settle(self, record: TaskRecord) -> bool:
+        """Save the state a settle cut short by a crash led to; True if there was one.
+
+        `_settle` queues the result before it saves the state, so a task still active whose
+        current command already has a result queued had ended: resuming it would run a
+        finished step again. The queued result names the state it settled in.
+        """
+        if not is_active(record.state) or record.command is None:
+            return False
+        key = ResultKey(record.task_id, record.command, record.command_seq).text
+        detail = next(
+            (entry.result_detail for entry in self._parts.outbox.pending() if entry.key == key),
+            {},
+        )
+        state = _text(detail, "state")
+        if state not in {settled.value for settled in SETTLED_STATES}:
+            return False
+        settled = record.settle(
+            State(state),
+            self._parts.clock(),
+            error_code=_text(detail, "error_code"),
+            message=_text(detail, "message"),
+        )
+        self._parts.store.save(TASK, settled)
+        log.info("task_settled_at_restart", task_id=record.task_id, state=state, result_key=key)
+        return True
 
     async def sync_copy_state(self) -> None:
         """Tell SMS the source state that matches the task, if it changed since last told."""
@@ -292,6 +322,11 @@ def owe_now(
         message=message,
     )
     parts.outbox.enqueue(key, body)
+
+
+def _text(detail: Mapping[str, JsonValue], name: str) -> Optional[str]:
+    value = detail.get(name)
+    return value if isinstance(value, str) else None
 
 
 def _record_of(store: Store, task_id: Optional[str]) -> Optional[TaskRecord]:

@@ -211,26 +211,31 @@ class FsCopyHandler:
         if drill:
             return HandlerOutcome.success("source and target are usable", next_state=State.idle)
         stage = _stage_for(ctx, command)
-        delay_s = _file_delay_s(command)
-        copied = await _Copy(ctx, stage, source, target, self.chunk_bytes, delay_s).run()
-        ctx.log.info("fscopy_done", stage=stage.value, files_copied=copied)
+        copied = 0
+        if stage is not None:
+            delay_s = _file_delay_s(command)
+            copied = await _Copy(ctx, stage, source, target, self.chunk_bytes, delay_s).run()
+            ctx.log.info("fscopy_done", stage=stage.value, files_copied=copied)
         syncing = bool(command.task is not None and command.task.syncing)
         return HandlerOutcome.success(
-            f"{copied} files copied",
+            f"{copied} files copied" if stage is not None else "the copy had finished",
             next_state=State.replicated if syncing else State.finished,
             detail={"files_copied": copied},
         )
 
 
-def _stage_for(ctx: HandlerContext, command: CommandEnvelope) -> SubtaskName:
-    """The full copy until it is done; after that each pass is a sync from the start."""
+def _stage_for(ctx: HandlerContext, command: CommandEnvelope) -> Optional[SubtaskName]:
+    """The full copy until it is done; after that each pass is a sync from the start. None
+    for a resume that finds the copy done and no sync pass under way: nothing is left to do."""
     record = ctx.task_record()
     copy_done = record is not None and record.progress_of(COPY_STAGE.value).done
     if command.action is not Action.sync_task and not copy_done:
         return COPY_STAGE
     if command.action is Action.sync_task:
         ctx.update_task(lambda r: r.record_progress(SYNC_STAGE.value, 0, 0, ctx.clock(), {}))
-    return SYNC_STAGE
+        return SYNC_STAGE
+    sync_pass = None if record is None else record.stages.get(SYNC_STAGE.value)
+    return SYNC_STAGE if sync_pass is not None and not sync_pass.done else None
 
 
 def _paths(ctx: HandlerContext, command: CommandEnvelope) -> tuple[Path, Path]:

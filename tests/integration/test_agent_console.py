@@ -14,7 +14,13 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.support.agent import AgentProcess, Event
+from tests.support.agent import (
+    AgentProcess,
+    Event,
+    copy_states,
+    result_pairs,
+    wait_for_polls,
+)
 from tests.support.emulator import EmulatorFactory, EmulatorProcess
 from tests.support.fscopy import CopyJob
 
@@ -49,14 +55,6 @@ def job(tmp_path: Path) -> CopyJob:
     return CopyJob.build(tmp_path / "tree", files=30)
 
 
-def results(emulator: EmulatorProcess, source_id: str) -> list[tuple[str, str]]:
-    return [(r["command_name"], r["result"]) for r in emulator.results(source_id)]
-
-
-def copy_states(emulator: EmulatorProcess, source_id: str) -> list[str]:
-    return [entry["copystate"] for entry in emulator.changestates(source_id)]
-
-
 def result_for(command: str, result: str = "success") -> Callable[[dict[str, Any]], Any]:
     """An emulator-state predicate: a stored result of `command` arrived."""
     return lambda state: [
@@ -78,13 +76,6 @@ def of_command(command: str) -> Callable[[Event], bool]:
     return lambda event: event.get("command") == command
 
 
-def polls_after(emulator: EmulatorProcess, count: int) -> Callable[[dict[str, Any]], bool]:
-    """An emulator-state predicate: the agent polled for commands `count` more times than now."""
-    route = "GET /v3/sources/{server_id}/command"
-    start = emulator.state()["requests"][route]["count"]
-    return lambda state: bool(state["requests"][route]["count"] >= start + count)
-
-
 class TestStartStopStartFinish:
     def test_console_script(
         self, emulator: EmulatorProcess, agent: AgentProcess, source_id: str, job: CopyJob
@@ -97,7 +88,7 @@ class TestStartStopStartFinish:
         agent.wait_for_count("fscopy_file_copied", 5)
 
         emulator.action(task_id, "start")  # the console presses start again while it runs
-        emulator.wait_for(polls_after(emulator, 3))
+        wait_for_polls(emulator, 3)
         agent.wait_for_count("fscopy_file_copied", 10)
         emulator.action(task_id, "stop")
         agent.wait_for_event("command_settled", of_command("STOP"))
@@ -107,13 +98,16 @@ class TestStartStopStartFinish:
 
         emulator.action(task_id, "start")
         emulator.wait_for(result_for("START"), timeout_s=30)
-        emulator.wait_for(lambda s: "finished" in copy_states(emulator, source_id))
+        emulator.wait_for(lambda s: "finished" in copy_states(s, source_id))
 
-        assert results(emulator, source_id) == [("STOP", "success"), ("START", "success")]
+        assert result_pairs(emulator.state(), source_id) == [
+            ("STOP", "success"),
+            ("START", "success"),
+        ]
         stored = emulator.results(source_id)
         assert [r["result_detail"]["state"] for r in stored] == ["stopped", "finished"]
         assert len({r["result_detail"]["result_key"] for r in stored}) == 2
-        assert copy_states(emulator, source_id) == [
+        assert copy_states(emulator.state(), source_id) == [
             "replicate",
             "stopping",
             "stopped",
@@ -147,17 +141,17 @@ class TestTaskHasFinished:
         agent.wait_for_count("fscopy_file_copied", 5)
         emulator.queue_command(source_id, "TASK_HAS_FINISHED", task_id=task_id)
         agent.wait_for_event("command_settled", of_command("TASK_HAS_FINISHED"))
-        emulator.wait_for(lambda s: "finished" in copy_states(emulator, source_id))
+        emulator.wait_for(lambda s: "finished" in copy_states(s, source_id))
         copied = sum(copied_paths(agent).values())
 
         emulator.action(task_id, "start")
         emulator.wait_for(result_for("START"))
 
-        assert results(emulator, source_id) == [("START", "success")]
+        assert result_pairs(emulator.state(), source_id) == [("START", "success")]
         detail = emulator.results(source_id)[0]["result_detail"]
         assert detail["state"] == "finished"
         assert detail["message"] == "the task has already finished"
-        assert copy_states(emulator, source_id) == ["replicate", "stopping", "finished"]
+        assert copy_states(emulator.state(), source_id) == ["replicate", "stopping", "finished"]
         assert len(agent.events("fscopy_started")) == 1
         assert sum(copied_paths(agent).values()) == copied < len(job.written_entries)
         assert agent.problems() == []
@@ -176,11 +170,11 @@ class TestTaskHasFinished:
                 for c in s["commands"]
             )
         )
-        emulator.wait_for(polls_after(emulator, 2))
+        wait_for_polls(emulator, 2)
 
-        assert results(emulator, source_id) == [("START", "success")]
+        assert result_pairs(emulator.state(), source_id) == [("START", "success")]
         assert decided(agent) == [("START", "start_task")]
-        assert copy_states(emulator, source_id) == ["replicate", "finished"]
+        assert copy_states(emulator.state(), source_id) == ["replicate", "finished"]
         assert job.differences() == []
         assert agent.problems() == []
 
@@ -194,15 +188,15 @@ class TestTaskTypeWithoutHandler:
         task_id = emulator.create_task(source_id, type="MIGRATE_BLOCK")
         emulator.action(task_id, "start")
         emulator.wait_for(result_for("START", "fail"))
-        emulator.wait_for(lambda s: "error" in copy_states(emulator, source_id))
-        emulator.wait_for(polls_after(emulator, 2))
+        emulator.wait_for(lambda s: "error" in copy_states(s, source_id))
+        wait_for_polls(emulator, 2)
 
-        assert results(emulator, source_id) == [("START", "fail")]
+        assert result_pairs(emulator.state(), source_id) == [("START", "fail")]
         detail = emulator.results(source_id)[0]["result_detail"]
         assert detail["error_code"] == "SMSAGENT.NO_HANDLER"
         assert "MIGRATE_BLOCK" in detail["message"]
         assert detail["state"] == "failed"
-        assert copy_states(emulator, source_id) == ["replicate", "error"]
+        assert copy_states(emulator.state(), source_id) == ["replicate", "error"]
         assert emulator.state()["tasks"][0]["state"] == "MIGRATE_FAIL"
         assert agent.running
         assert agent.problems() == []

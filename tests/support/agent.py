@@ -33,6 +33,8 @@ from tests.support.emulator import EmulatorProcess
 Event = dict[str, Any]
 Predicate = Callable[[Event], bool]
 
+POLL_ROUTE: Final = "GET /v3/sources/{server_id}/command"
+
 EXIT_TIMEOUT_S: Final = 15.0
 WAIT_TIMEOUT_S: Final = 30.0
 RAW_EVENT: Final = "_raw"
@@ -322,3 +324,32 @@ class AgentProcess:
         if self._process is None:
             raise RuntimeError("the agent was never started")
         return self._process
+
+
+# --- what the server received ---
+
+
+def result_pairs(state: Mapping[str, Any], source_id: str) -> list[tuple[str, str]]:
+    """`(command_name, result)` of each command result stored for the source, oldest first,
+    from an emulator state dump."""
+    return [
+        (r["command_name"], r["result"])
+        for r in state["command_results"]
+        if r["source_id"] == source_id
+    ]
+
+
+def copy_states(state: Mapping[str, Any], source_id: str) -> list[str]:
+    """The `copystate` of each changestate the source sent, oldest first, from a state dump."""
+    return [c["copystate"] for c in state["changestates"] if c["source_id"] == source_id]
+
+
+def wait_for_polls(emulator: EmulatorProcess, count: int, timeout_s: float = 10.0) -> None:
+    """Wait until agents polled for commands `count` more times than now: by then a command
+    handed out, or a result resent, would have been seen."""
+
+    def polls(state: Mapping[str, Any]) -> int:
+        return int(state["requests"].get(POLL_ROUTE, {}).get("count", 0))
+
+    start = polls(emulator.state())
+    emulator.wait_for(lambda state: polls(state) >= start + count, timeout_s)

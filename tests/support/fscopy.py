@@ -35,16 +35,19 @@ class CopyJob:
         rng = random.Random(seed)
         source, target = workdir / "source", workdir / "target"
         target.mkdir(parents=True)
-        names = []
-        for index in range(files):
-            relative = f"{FOLDERS[index % len(FOLDERS)]}/file-{index:03d}.bin"
+        names = cls.names(files)
+        for index, relative in enumerate(names):
             path = source / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(rng.randbytes(rng.randint(1024, 8192)))
             path.chmod(0o640 if index % 2 else 0o600)
-            names.append(relative)
         (source / "etc" / "link").symlink_to("file-000.bin")
         return cls(source, target, tuple(sorted(names)))
+
+    @staticmethod
+    def names(files: int) -> list[str]:
+        """The relative paths `build(files=...)` writes, in the order it writes them."""
+        return [f"{FOLDERS[i % len(FOLDERS)]}/file-{i:03d}.bin" for i in range(files)]
 
     @property
     def written_entries(self) -> frozenset[str]:

@@ -37,7 +37,9 @@ Percent = Annotated[int, Field(ge=0, le=100)]
 class RequestModel(BaseModel):
     """A body we send (agent) or validate (emulator): unknown input is dropped, never sent."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, use_enum_values=False)
+    model_config = ConfigDict(
+        extra="ignore", populate_by_name=True, use_enum_values=False, defer_build=True
+    )
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object to send: only the fields that are set, enums as their wire strings."""
@@ -47,7 +49,7 @@ class RequestModel(BaseModel):
 class ResponseModel(BaseModel):
     """A body we receive (agent) or serve (emulator): unknown fields are kept, never an error."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, defer_build=True)
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

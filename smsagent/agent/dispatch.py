@@ -4,7 +4,9 @@ Work (START, resume, sync, PREMIGRATE) runs in its own asyncio task so the poll 
 polling; command handlers (STOP, SKIP, DELETE, the TASK_* notices) run one at a time, in the
 order they were decided, in a runner task of their own, because a STOP waits for the work to
 wind down. However a handler ends, its outcome is settled the same way: the result goes to the
-outbox first, then the state it leads to is saved, then the poll loop is woken to deliver it.
+outbox first, then the state it leads to is saved, then the poll loop is woken to deliver it; a
+restart finishes a settle that a crash cut short between the two. Work that a command stopped
+settles nothing itself: the task stays `stopping` until that command's handler settles it.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -16,6 +17,10 @@ MIGRATE_FAILED: Final = "SMS.0805"
 SYNC_FAILED: Final = "SMS.0806"
 NETWORK_FAILED: Final = "SMS.0807"
 RSYNC_MISSING: Final = "SMS.6517"
+# The target root is not there (the target's disks are not mounted): nothing may be written.
+TARGET_ROOT_MISSING: Final = "SMSAGENT.TARGET_ROOT"
+# What a guarded remote rsync command (`guarded_rsync_path`) prints when it refuses to start.
+TARGET_ROOT_MARKER: Final = "smsagent: the target root is not a directory on the target"
 
 
 class ExitClass(str, Enum):
@@ -66,7 +71,22 @@ _FATAL_STDERR: Final = (
     (re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION"), HOST_KEY_CHANGED),
     (re.compile(r"Permission denied \(|Too many authentication failures"), AUTH_REFUSED),
     (re.compile(r"rsync: (command )?not found|rsync: No such file or directory"), None),
+    (re.compile(re.escape(TARGET_ROOT_MARKER)), TARGET_ROOT_MISSING),
 )
+
+
+def guarded_rsync_path(target_root: str, rsync_path: str = "rsync") -> str:
+    """A remote rsync command (`--rsync-path`) that starts rsync only when `target_root` is a
+    directory on the target, and otherwise says so and exits (a fatal failure).
+
+    rsync appends its server arguments to this text and the target's shell runs it, so it ends
+    with the rsync command and the path is quoted for that shell.
+    """
+    message = f"{TARGET_ROOT_MARKER}: {target_root}"
+    return (
+        f"test -d {shlex.quote(target_root)} || "
+        f"{{ printf '%s\\n' {shlex.quote(message)} >&2; exit 1; }}; exec {rsync_path}"
+    )
 
 
 def _pass_code(kind: PassKind) -> str:

@@ -30,6 +30,7 @@ from smsagent.migration.rsync import (
     build_argv,
     run_rsync_with_retries,
 )
+from smsagent.migration.rsync_exit import guarded_rsync_path
 from smsagent.migration.settings import ConsistencyMode
 from smsagent.migration.streams import work_units
 from smsagent.migration.target import TargetSession
@@ -190,6 +191,7 @@ def _job(plan: VerifyPlan, directory: str) -> Optional[RsyncJob]:
         kind=PassKind.sync,
         filter_rules=plan.exclude_rules,
         extra_options=dry_run_options(plan.mode),
+        remote_rsync_path=guarded_rsync_path(plan.destination),
     )
 
 

@@ -34,7 +34,7 @@ from smsagent.api.enums import CommandName
 from smsagent.api.errors import ErrorAction, SmsError
 from smsagent.api.models import SetConsistencyResultRequestBody, SpeedLimitWindow, Task
 from smsagent.checks.drill import TASK_KEY_MISSING
-from smsagent.checks.target import TARGET_NO_ADDRESS, TARGET_ROOT_MISSING
+from smsagent.checks.target import TARGET_NO_ADDRESS
 from smsagent.config import DEFAULT_ENV_FILE
 from smsagent.handlers.premigrate import run_premigrate
 from smsagent.log import scrub
@@ -257,8 +257,12 @@ class _Migration:
             raise TargetError(ERROR_SOURCE, message) from exc
 
     async def _target(self, client: SmsClient) -> TargetSession:
-        """The task key from SMS (stored 0600), an SSH session, and proof the target root is
-        there."""
+        """The task key from SMS (stored 0600) and an SSH session with it.
+
+        The session is not tried here: each rsync connects by itself (an SSH handshake costs a
+        noticeable part of a short sync), starts only where the target root exists, and its
+        failures carry the SMS codes of the SSH errors.
+        """
         settings = self._ctx.settings
         address = target_address(self._task)
         if address is None:
@@ -274,18 +278,13 @@ class _Migration:
             paths = store_private_key(settings.state_dir, self._task.id, answer.private_key)
         except (OSError, ValueError) as exc:
             raise TargetError(TASK_KEY_MISSING, f"the task key cannot be stored: {exc}") from exc
-        session = TargetSession(
+        return TargetSession(
             address,
             settings.ssh_port,
             paths.private_key,
             paths.known_hosts,
             connect_timeout_s=settings.connect_timeout,
         )
-        probe = await session.run(["test", "-d", self._destination], settings.connect_timeout + 10)
-        if not probe.ok:
-            message = f"the target root {self._destination} is not a directory on the target"
-            raise TargetError(TARGET_ROOT_MISSING, message)
-        return session
 
     async def _sms(self, call: Callable[[], Awaitable[T]]) -> T:
         return await _sms_call(self._ctx, self._options, call)

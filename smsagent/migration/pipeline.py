@@ -44,6 +44,7 @@ from smsagent.migration.rsync import (
     bwlimit_kib_s,
     run_rsync_with_retries,
 )
+from smsagent.migration.rsync_exit import guarded_rsync_path
 from smsagent.migration.settings import MigrationSettings, SettingError
 from smsagent.migration.speedlimit import SpeedLimitWatch
 from smsagent.migration.streams import plan_streams, survey_tree
@@ -194,6 +195,7 @@ def build_pass(
             destination=destination,
             kind=kind,
             filter_rules=(*rules, *stream.filter_rules),
+            remote_rsync_path=guarded_rsync_path(destination),
         )
         for stream in streams
     )
@@ -259,11 +261,13 @@ class PassOptions:
         retry: reruns after network failures (`transfer_retries`).
         grace_s: how long rsync may wind down after SIGTERM before its group is killed.
         save_interval_s: how often the stage's progress is written to the task record.
+        report_interval_s: how often the progress is passed to the reporter.
     """
 
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     grace_s: float = 20.0
     save_interval_s: float = 5.0
+    report_interval_s: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -353,6 +357,9 @@ class PassRunner:
         self._limits = limits
         self._options = options
         self.progress = PassProgress(spec, start_bytes)
+        # The newest record of each stream not yet counted: rsync writes one per file sent,
+        # tens of thousands a second with small files, so they are taken in now and then.
+        self._pending: list[Optional[Progress]] = [None] * len(spec.jobs)
         self._moved = asyncio.Event()
         self._abort = asyncio.Event()
         self._restarts = 0
@@ -379,6 +386,7 @@ class PassRunner:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             # However the pass ends, a resume must not count less than was reported.
+            self._take_pending()
             self._save(force=True)
         duration_s = time.monotonic() - started_at
         return PassSummary(tuple(results), self._restarts, self._retries, duration_s)
@@ -433,6 +441,7 @@ class PassRunner:
             if self._abort.is_set():
                 return None
             self._restarts += 1
+            self._take_pending()
             self.progress.restart(index)
             self._ctx.log.info(
                 "rsync_restarted", stream=index, speed_limit_mbit_s=self._limits.current_mbit_s
@@ -440,21 +449,31 @@ class PassRunner:
 
     def _on_retry(self, index: int) -> None:
         self._retries += 1
+        self._take_pending()
         self.progress.restart(index)
 
     def _on_progress(self, index: int, progress: Progress) -> None:
-        self.progress.update(index, progress)
+        self._pending[index] = progress
         self._moved.set()
 
+    def _take_pending(self) -> None:
+        for index, progress in enumerate(self._pending):
+            if progress is not None:
+                self.progress.update(index, progress)
+        self._pending = [None] * len(self._pending)
+
     async def _report(self) -> None:
-        """Pass each change of progress to the reporter (which throttles) and save it now and
-        then, so that a restart resumes with the bytes already counted."""
+        """Pass the progress to the reporter (which throttles further) at most every
+        `report_interval_s`, and save it now and then, so that a restart resumes with the
+        bytes already counted."""
         while True:
             await self._moved.wait()
             self._moved.clear()
+            self._take_pending()
             bytes_done = self.progress.bytes_done
             await self._ctx.progress.report(self._spec.stage, bytes_done, self._spec.total_bytes)
             self._save(force=False)
+            await asyncio.sleep(self._options.report_interval_s)
 
     def _save(self, *, force: bool) -> None:
         now = time.monotonic()

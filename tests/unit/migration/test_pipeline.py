@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -27,7 +28,16 @@ from smsagent.migration.pipeline import (
     copy_rules,
     plan_source,
 )
-from smsagent.migration.rsync import PassKind, Progress, RetryPolicy, RsyncError, RsyncJob
+from smsagent.migration.rsync import (
+    ExitClass,
+    PassKind,
+    Progress,
+    RetryPolicy,
+    RsyncError,
+    RsyncJob,
+    classify_exit,
+)
+from smsagent.migration.rsync_exit import guarded_rsync_path
 from smsagent.migration.settings import MigrationSettings, SettingError
 from smsagent.migration.speedlimit import SpeedLimitWatch
 from tests.support.agentcore import ProgressLog, agent_settings, handler_context
@@ -187,7 +197,8 @@ class TestPassRunner:
         )
         record = run.store.load(TASK).value
         assert record is not None
-        assert record.progress_of("MIGRATE_LINUX_FILE").bytes_done == done[-1]
+        # A resume never starts below what was reported.
+        assert record.progress_of("MIGRATE_LINUX_FILE").bytes_done >= done[-1] > 0
 
     @pytest.mark.timeout(60)
     async def test_stop_ends_rsync_at_once(self, tmp_path: Path, tree: Path) -> None:
@@ -239,3 +250,29 @@ class TestPassRunner:
             await (await run.runner(Windows(0))).run()
         assert caught.value.error_code == "SMS.0805"
         assert mover_processes() == []
+
+
+class TestTargetRootGuard:
+    def test_every_job_starts_rsync_only_in_the_target_root(self, tree: Path) -> None:
+        """Each stream's remote rsync is guarded by the target root's existence."""
+        plan = SourcePlan(str(tree), ("",), (), (), 1)
+        spec = build_pass(plan, MigrationSettings(), PassKind.migrate, "/mnt/smsroot")
+        assert all(job.remote_rsync_path == guarded_rsync_path("/mnt/smsroot") for job in spec.jobs)
+
+    @pytest.mark.parametrize("root_exists", [True, False])
+    def test_the_guard_in_a_real_shell(self, tmp_path: Path, root_exists: bool) -> None:
+        """The target's shell runs rsync where the root exists; elsewhere it exits with the
+        marker, which makes the failure fatal with its own code."""
+        root = tmp_path / "sms root's"
+        if root_exists:
+            root.mkdir()
+        command = guarded_rsync_path(str(root)) + " --version"
+        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+        if root_exists:
+            assert done.returncode == 0 and "rsync" in done.stdout
+            return
+        assert done.returncode == 1
+        outcome = classify_exit(12, stderr_lines=done.stderr.splitlines())
+        assert outcome.exit_class is ExitClass.fatal
+        assert outcome.error_code == "SMSAGENT.TARGET_ROOT"
+        assert str(root) in done.stderr

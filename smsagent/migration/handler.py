@@ -63,6 +63,8 @@ ERROR_SOURCE: Final = "SMS.5108"  # the source's file systems cannot be measured
 ERROR_SMS_UNREACHABLE: Final = "SMS.0201"
 
 T = TypeVar("T")
+# SMS errors worth another try within the work (the client renews a token by itself).
+_RETRIED: Final = frozenset({ErrorAction.retry, ErrorAction.reauthenticate})
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ async def _sms_call(
         try:
             return await call()
         except SmsError as exc:
-            if exc.action is not ErrorAction.retry or attempt >= options.sms_attempts:
+            if exc.action not in _RETRIED or attempt >= options.sms_attempts:
                 raise
             ctx.log.warning("sms_call_retry", attempt=attempt, error=str(exc))
         await _pause(ctx, options.sms_retry_delay_s)
@@ -316,8 +318,16 @@ class _Migration:
                     "the sync pass is done", next_state=State.replicated, detail=detail
                 )
             await _pause(self._ctx, self._ctx.settings.sync_interval)
-            # Exclusions and mounts may have changed since the last pass.
-            prepared = await self._prepare()
+            prepared = await self._prepare_again(prepared)
+
+    async def _prepare_again(self, prepared: _Prepared) -> _Prepared:
+        """Read settings and mounts again before a later pass (they may have changed); while
+        SMS cannot answer, the last ones do."""
+        try:
+            return await self._prepare()
+        except SmsError as exc:
+            self._ctx.log.warning("sync_settings_kept", error=str(exc))
+            return prepared
 
     def _done(self, stage: str) -> bool:
         record = self._ctx.task_record()

@@ -52,7 +52,7 @@ def source_id(agent: AgentProcess) -> str:
 
 @pytest.fixture
 def job(tmp_path: Path) -> CopyJob:
-    return CopyJob.build(tmp_path / "tree", files=30)
+    return CopyJob.build(tmp_path / "tree", files=40)
 
 
 def result_for(command: str, result: str = "success") -> Callable[[dict[str, Any]], Any]:
@@ -93,6 +93,8 @@ class TestStartStopStartFinish:
         emulator.action(task_id, "stop")
         agent.wait_for_event("command_settled", of_command("STOP"))
         emulator.wait_for(result_for("STOP"))
+        # The console shows the source stopped before the operator starts it again.
+        emulator.wait_for(lambda s: copy_states(s, source_id)[-1:] == ["stopped"])
         before_resume = job.target_inodes()
         assert 0 < len(before_resume) < len(job.files)
 

@@ -81,6 +81,13 @@ class _KillTrigger:
         self.predicate = predicate
         self.fired: Optional[Event] = None
 
+    def fires_on(self, event: Event) -> bool:
+        """Whether `event` is the first matching line since the trigger was armed."""
+        if self.fired is not None or not matches(event, self.name, self.predicate):
+            return False
+        self.fired = event
+        return True
+
 
 class AgentProcess:
     """One agent (`python -m smsagent run`) at a time in a work directory, restartable.
@@ -307,11 +314,8 @@ class AgentProcess:
 
     def _take(self, process: subprocess.Popen[bytes], event: Event) -> None:
         with self._changed:
-            trigger = self._trigger
-            armed = trigger is not None and trigger.fired is None
-            if armed and trigger is not None and matches(event, trigger.name, trigger.predicate):
+            if self._trigger is not None and self._trigger.fires_on(event):
                 process.kill()
-                trigger.fired = event
             self._events.append(event)
             self._changed.notify_all()
 

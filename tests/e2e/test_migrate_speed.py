@@ -85,6 +85,7 @@ class TestSpeedLimit:
         assert abs(at_80 - 80) <= 80 * TOLERANCE, at_80
         assert abs(at_40 - 40) <= 40 * TOLERANCE, at_40
 
+    @pytest.mark.slow
     @pytest.mark.timeout(120)
     async def test_lifting_the_limit_restarts_on_the_partial_file(
         self, rig: MigrationRig, target_host: TargetHost

@@ -73,6 +73,7 @@ async def copied_at_least(rig: MigrationRig, bytes_done: int) -> None:
 
 
 class TestStop:
+    @pytest.mark.slow
     @pytest.mark.timeout(180)
     async def test_stop_within_a_second_then_start_completes(
         self, rig: MigrationRig, special_tree: SpecialTree, target_host: TargetHost
@@ -109,6 +110,7 @@ class TestStop:
         assert resumed.detail["literal_bytes"] <= unsent + 64 * 1024
         assert_progress_rises_to_100(rig.progress_reports(), du_bytes(special_tree.root))
 
+    @pytest.mark.slow
     @pytest.mark.timeout(180)
     async def test_dropped_connection_is_retried(
         self, rig: MigrationRig, special_tree: SpecialTree, target_host: TargetHost
@@ -141,6 +143,7 @@ class TestStop:
 
 
 class TestRestart:
+    @pytest.mark.slow
     @pytest.mark.timeout(180)
     async def test_agent_restart_mid_copy_resumes_the_copy(
         self, rig: MigrationRig, special_tree: SpecialTree, target_host: TargetHost

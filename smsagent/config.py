@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         default=5, ge=0, le=100, description="times a failed transfer is retried"
     )
     sync_interval: float = Field(
-        default=600.0, ge=60.0, le=604800.0, description="period of continuous sync passes, s"
+        default=600.0, ge=5.0, le=604800.0, description="period of continuous sync passes, s"
     )
     disk_report_interval: float = Field(
         default=7200.0, ge=60.0, le=604800.0, description="period of disk re-reports, s"

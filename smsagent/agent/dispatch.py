@@ -31,7 +31,7 @@ from smsagent.agent.handlers import (
     apply_outcome,
     invoke,
 )
-from smsagent.agent.machine import WORK_ACTIONS, Action, State, is_active, recover
+from smsagent.agent.machine import WORK_ACTIONS, Action, Decision, State, is_active, recover
 from smsagent.agent.outbox import Outbox, ResultKey, result_body
 from smsagent.agent.progress import TaskProgress
 from smsagent.agent.store import TASK, Store, TaskRecord
@@ -206,6 +206,29 @@ class Dispatcher:
             finally:
                 await progress.close()
             self._settle(envelope, _left_to_the_stopping_command(outcome, token))
+            if _continues_syncing(envelope, prepared, outcome):
+                # Runs once this work's task has ended and the slot is free again.
+                asyncio.get_running_loop().call_soon(self._start_continuous_sync, envelope)
+
+    def _start_continuous_sync(self, after: CommandEnvelope) -> None:
+        """After the full copy of a task with `syncing`, start its repeating sync passes."""
+        record = _record_of(self._parts.store, after.task_id)
+        if record is None or record.state is not State.replicated or self._slot.busy:
+            return
+        record = record.apply(
+            Decision(State.running, Action.sync_task), after.command, self._parts.clock()
+        )
+        self._parts.store.save(TASK, record)
+        log.info("continuous_sync_started", task_id=record.task_id)
+        self._start_work(
+            CommandEnvelope(
+                after.command,
+                Action.sync_task,
+                record.command_seq,
+                record.task_id,
+                record.task_type,
+            )
+        )
 
     async def _with_task(
         self, envelope: CommandEnvelope, token: CancelToken
@@ -324,6 +347,22 @@ def owe_now(
         message=message,
     )
     parts.outbox.enqueue(key, body)
+
+
+def _continues_syncing(
+    envelope: CommandEnvelope,
+    prepared: Union[CommandEnvelope, HandlerOutcome],
+    outcome: HandlerOutcome,
+) -> bool:
+    """Whether a full copy just finished for a task that syncs continuously (spec §7.7)."""
+    return (
+        isinstance(prepared, CommandEnvelope)
+        and prepared.task is not None
+        and bool(prepared.task.syncing)
+        and envelope.action in (Action.start_task, Action.resume_task)
+        and outcome.result is CommandResult.success
+        and outcome.next_state is State.replicated
+    )
 
 
 def _text(detail: Mapping[str, JsonValue], name: str) -> Optional[str]:

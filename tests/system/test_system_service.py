@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
 
@@ -91,7 +91,7 @@ def poll_count(emulator: EmulatorProcess) -> int:
 def restarted_after(container: nspawn.Container, old_pid: str) -> dict[str, str]:
     """Wait until the service runs again under a new main PID, and return its state."""
 
-    def running_again() -> dict[str, str] | None:
+    def running_again() -> Optional[dict[str, str]]:
         now = state(container)
         is_new = now["MainPID"] not in ("0", old_pid)
         return (

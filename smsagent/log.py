@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterator, Mapping
@@ -12,6 +13,8 @@ from typing import Any, Callable, Final, Optional, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from smsagent.journal import JournalSocket, stream_is_journal
 
 REDACTED: Final = "[redacted]"
 SYSLOG_IDENTIFIER: Final = "smsagent"
@@ -216,10 +219,11 @@ class JournalLogger:
 
 
 def _journal_sender() -> Optional[Callable[..., Any]]:
+    """systemd-python's `journal.send`, else our own native-protocol socket, else None."""
     try:
         import systemd.journal as journal
     except ImportError:
-        return None
+        return JournalSocket().send if JournalSocket.available() else None
     send: Callable[..., Any] = journal.send
     return send
 
@@ -247,7 +251,7 @@ def _output(log_format: str, out: TextIO) -> tuple[Processor, Callable[..., Wrap
     """The renderer and logger factory for a format, and whether journald was wanted but absent."""
     chosen = log_format
     if chosen == "auto":
-        chosen = "console" if out.isatty() else "json"
+        chosen = _automatic_format(out)
     if chosen == "journal":
         send = _journal_sender()
         if send is not None:
@@ -258,6 +262,18 @@ def _output(log_format: str, out: TextIO) -> tuple[Processor, Callable[..., Wrap
     else:
         renderer = structlog.processors.JSONRenderer(default=str, ensure_ascii=False)
     return renderer, structlog.WriteLoggerFactory(file=out), chosen == "journal"
+
+
+def _automatic_format(out: TextIO) -> str:
+    """journal when `out` is the stream systemd connected to the journal, console on a
+    terminal, JSON otherwise."""
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = -1
+    if fd >= 0 and stream_is_journal(fd, os.environ.get("JOURNAL_STREAM")):
+        return "journal"
+    return "console" if out.isatty() else "json"
 
 
 class _JournalLoggerFactory:
@@ -278,8 +294,9 @@ def configure(
     """Set up structlog once for the process.
 
     Args:
-        log_format: `auto` (console on a tty, else JSON), `console`, `json`, or `journal`
-            (journald through systemd-python; JSON on `stream` when that is not installed).
+        log_format: `auto` (journal when standard error is systemd's journal stream, console
+            on a tty, else JSON), `console`, `json`, or `journal` (journald through
+            systemd-python, else its native socket; JSON on `stream` when there is no journald).
         log_level: `debug`, `info`, `warning` or `error`.
         stream: where console and JSON lines go (default: standard error).
         cache_loggers: cache bound loggers on first use; tests turn it off to reconfigure.

@@ -19,6 +19,7 @@ import pytest
 import structlog
 
 from smsagent import log
+from smsagent.journal import JournalSocket, encode_entry, stream_is_journal
 from smsagent.log import (
     REDACTED,
     RedactSecrets,
@@ -222,14 +223,32 @@ class TestConfigure:
         assert "task_id" not in lines["in_poller"]
 
     def test_journal_falls_back_to_json(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Without systemd-python, `journal` writes JSON to the stream and says so once."""
+        """Without systemd-python and journald, `journal` writes JSON to the stream and says so
+        once."""
         monkeypatch.setitem(sys.modules, "systemd.journal", None)
+        monkeypatch.setattr(JournalSocket, "available", classmethod(lambda cls, path="": False))
         stream = io.StringIO()
         configure("journal", "info", stream, cache_loggers=False)
         structlog.get_logger().info("hello")
         warning, hello = _json_lines(stream)
         assert (warning["event"], warning["fallback"]) == ("journal_unavailable", "json")
         assert hello["event"] == "hello"
+
+
+class TestJournalStream:
+    def test_auto_is_journal_on_systemds_journal_stream(self, tmp_path, monkeypatch) -> None:
+        """Standard error that is the stream named by JOURNAL_STREAM means journal output."""
+        with open(tmp_path / "stream", "w") as stream:
+            info = os.fstat(stream.fileno())
+            assert stream_is_journal(stream.fileno(), f"{info.st_dev}:{info.st_ino}")
+            assert not stream_is_journal(stream.fileno(), f"{info.st_dev}:{info.st_ino + 1}")
+            assert not stream_is_journal(stream.fileno(), None)
+            assert not stream_is_journal(stream.fileno(), "garbage")
+
+    def test_native_entries_encode_multiline_values_with_a_length(self) -> None:
+        """A value with a newline is sent in the length-prefixed form."""
+        data = encode_entry({"MESSAGE": "a\nb", "TASK_ID": "t-1"})
+        assert data == b"MESSAGE\n" + (3).to_bytes(8, "little") + b"a\nb\n" + b"TASK_ID=t-1\n"
 
 
 class TestJournal:
@@ -288,6 +307,8 @@ class TestJournal:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind("/run/systemd/journal/socket")
         sock.settimeout(10)
+        if os.environ.get("WITHOUT_SYSTEMD_PYTHON"):
+            sys.modules["systemd"] = None  # the packaged agent has no systemd-python
         import structlog
         from smsagent.log import configure, register_secret, task_context
         configure("journal", "info", cache_loggers=False)
@@ -311,8 +332,10 @@ class TestJournal:
 
     @pytest.mark.root
     @pytest.mark.timeout(30)
-    def test_entries_reach_journald(self) -> None:
-        """Through systemd-python a line arrives at the journal socket with its fields."""
+    @pytest.mark.parametrize("without_systemd_python", ["", "1"], ids=["systemd-python", "native"])
+    def test_entries_reach_journald(self, without_systemd_python: str) -> None:
+        """Through systemd-python, or our own native-protocol socket without it, a line arrives
+        at the journal socket with its fields."""
         if os.geteuid() != 0 or shutil.which("unshare") is None:
             pytest.skip("needs root and unshare for a private /run/systemd")
         done = subprocess.run(
@@ -321,6 +344,7 @@ class TestJournal:
             text=True,
             timeout=20,
             check=False,
+            env={**os.environ, "WITHOUT_SYSTEMD_PYTHON": without_systemd_python},
         )
         assert done.returncode == 0, done.stderr
         fields = json.loads(done.stdout)

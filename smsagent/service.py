@@ -141,9 +141,18 @@ class Service:
         signals = Signals(asyncio.Event())
         with _handling_signals(signals):
             async with self._opened() as (parts, connection):
-                identity = await self._startup(parts, signals.stop)
-                if identity is not None:
-                    await self._main(parts, connection, identity, signals.stop)
+                health = LoopHealth()
+                watchdog = asyncio.ensure_future(self._keep_watchdog(health))
+                # Ready once the local parts work: registration may wait for SMS for a long
+                # time, and systemd must not kill an agent for an outage it waits out (the
+                # watchdog and STATUS= tell the rest).
+                self._notifier.ready()
+                try:
+                    identity = await self._startup(parts, signals.stop)
+                    if identity is not None:
+                        await self._main(parts, connection, identity, signals.stop, health)
+                finally:
+                    watchdog.cancel()
         return signals
 
     @contextlib.asynccontextmanager
@@ -207,6 +216,7 @@ class Service:
         connection: ConnectionTracker,
         identity: Identity,
         stop: asyncio.Event,
+        health: LoopHealth,
     ) -> None:
         dispatcher = Dispatcher(parts, lambda: identity.server_id)
         await dispatcher.open()
@@ -214,11 +224,9 @@ class Service:
         poller = Poller(
             parts, dispatcher, identity, _schedule(self.settings), connection, self._notifier
         )
-        companions = [
-            asyncio.ensure_future(self._report_disks(parts, identity, stop)),
-            asyncio.ensure_future(self._keep_watchdog(poller.health)),
-        ]
-        self._notifier.ready()
+        poller.health = health
+        companions = [asyncio.ensure_future(self._report_disks(parts, identity, stop))]
+        self._notifier.status(f"registered as {identity.server_id}; polling")
         log.info("agent_ready", server_id=identity.server_id)
         try:
             await poller.run(stop, self._max_polls)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,8 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"smsagent: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    # A hung agent killed by the watchdog (SIGABRT) leaves its stack in the journal.
+    faulthandler.enable()
     for secret in settings.secrets():
         register_secret(secret)
     configure(settings.log_format, settings.log_level)

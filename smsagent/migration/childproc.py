@@ -8,6 +8,7 @@ import os
 import pwd
 import signal
 from collections import deque
+from pathlib import Path
 from typing import Final, Optional
 
 # The environment a mover's child gets. Nothing else is inherited: the agent's own environment
@@ -30,6 +31,33 @@ def minimal_env(path: str = DEFAULT_PATH) -> dict[str, str]:
     except KeyError:
         home = "/"
     return {"PATH": path, "LC_ALL": "C", "LANG": "C", "HOME": home}
+
+
+MOVER_TAG: Final = "SMSAGENT_MOVER_TASK"
+
+
+def mover_env(task_id: str) -> dict[str, str]:
+    """`minimal_env()` plus a tag naming the task, which rsync's ssh inherits too: a restart
+    after `kill -9` finds the movers the killed agent left running by it."""
+    return {**minimal_env(), MOVER_TAG: task_id}
+
+
+def kill_leftover_movers(task_id: str, proc_root: Path = Path("/proc")) -> list[int]:
+    """SIGKILL the process groups of movers a previous run left for `task_id`; returns their
+    pids. Processes are matched by the environment tag only, never by name."""
+    tag = f"{MOVER_TAG}={task_id}".encode()
+    killed: list[int] = []
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            tagged = tag in (entry / "environ").read_bytes().split(b"\0")
+            if tagged:
+                os.killpg(os.getpgid(int(entry.name)), signal.SIGKILL)
+                killed.append(int(entry.name))
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+    return killed
 
 
 class LineTail:

@@ -38,6 +38,7 @@ from smsagent.checks.target import TARGET_NO_ADDRESS
 from smsagent.config import DEFAULT_ENV_FILE
 from smsagent.handlers.premigrate import run_premigrate
 from smsagent.log import scrub
+from smsagent.migration.childproc import kill_leftover_movers
 from smsagent.migration.consistency import VerifyReport, plan_verification, verify
 from smsagent.migration.excludes import PathListError
 from smsagent.migration.mounts import read_mountinfo
@@ -206,6 +207,9 @@ class _Migration:
 
     async def run(self, action: Action) -> HandlerOutcome:
         """Prepare, then replicate (start, resume) or sync."""
+        leftovers = kill_leftover_movers(self._task.id)
+        if leftovers:
+            self._ctx.log.warning("leftover_movers_killed", pids=leftovers)
         prepared = await self._prepare()
         record = self._ctx.task_record()
         resuming_sync = record is not None and record.stage == STAGES[PassKind.sync].value

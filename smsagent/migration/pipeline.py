@@ -31,6 +31,7 @@ from typing import Any, Final, Optional
 
 from smsagent.agent.handlers import HandlerContext
 from smsagent.api.enums import SubtaskName
+from smsagent.migration.childproc import mover_env
 from smsagent.migration.excludes import filter_rules, migrate_excludes, sync_excludes
 from smsagent.migration.mounts import MountEntry, MountSelection, select_filesystems
 from smsagent.migration.rsync import (
@@ -429,6 +430,7 @@ class PassRunner:
                     policy=self._options.retry,
                     on_progress=lambda progress: self._on_progress(index, progress),
                     cancel=stop,
+                    env=mover_env(self._ctx.task_id or "-"),
                     grace_s=self._options.grace_s,
                     kind=self._spec.kind,
                     on_retry=lambda *_: self._on_retry(index),

@@ -6,6 +6,7 @@ with rsync over SSH into the target's root, and the emulator records what the ag
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,5 +123,51 @@ def test_the_drill_reports_every_check_through_the_agent(
         task = next(t for t in emulator.state()["tasks"] if t["id"] == task_id)
         assert task.get("network_check_info", {}).get("evaluation_result")
         assert list(target_host.root.iterdir()) == []
+    finally:
+        assert agent.terminate() == 0
+
+
+def _movers_of(source: Path) -> list[int]:
+    """rsync/ssh processes working on `source` (found through /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        is_mover = bool(argv) and Path(argv[0].decode(errors="replace")).name in ("rsync", "ssh")
+        if is_mover and any(str(source).encode() in arg for arg in argv):
+            found.append(int(entry.name))
+    return found
+
+
+def test_kill_9_mid_copy_then_restart_completes_the_migration(
+    tmp_path: Path, emulator: EmulatorProcess, target_host: TargetHost
+) -> None:
+    """An agent killed with SIGKILL in the middle of the copy leaves no mover behind once it
+    restarts, and the restarted agent completes the same task: one START result, identical."""
+    source = _source(tmp_path / "source")
+    (source / "srv" / "big.bin").write_bytes(random.randbytes(24 * 1024 * 1024))
+    agent = _agent(tmp_path, emulator, target_host, source)
+    try:
+        _, task_id = _task(emulator, target_host, speed_limit=40)
+        emulator.action(task_id, "start")
+        emulator.wait_for(
+            lambda s: any(
+                p.get("replicatesize", 0) > 4 * 1024 * 1024 for p in emulator.progress(task_id)
+            ),
+            timeout_s=60,
+        )
+        agent.kill9()
+        assert _movers_of(source), "the kill should leave the copy running (its own group)"
+        agent.restart()
+        agent.wait_for_event("task_resumed", timeout_s=30)
+        agent.wait_for_event("leftover_movers_killed", timeout_s=30)
+        emulator.wait_for(lambda s: _results(emulator, task_id), timeout_s=120)
+        assert _results(emulator, task_id) == [("START", "success")]
+        assert compare_trees(source, target_host.root) == []
+        assert _movers_of(source) == []
     finally:
         assert agent.terminate() == 0

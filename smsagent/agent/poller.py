@@ -149,9 +149,14 @@ class Poller:
         server_id = self._identity.server_id
 
         async def send(body: CommandBody) -> None:
-            log.info("result_sending", command=body.command_name.value, result=body.result.value)
+            about = {
+                "command": body.command_name.value,
+                "task_id": body.result_detail.get("task_id"),
+                "result": body.result.value,
+            }
+            log.info("result_sending", **about)
             await self._parts.client.update_command_result(server_id, body)
-            log.info("result_sent", command=body.command_name.value, result=body.result.value)
+            log.info("result_sent", **about)
 
         report = await self._parts.outbox.deliver(send)
         if report.pending:

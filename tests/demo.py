@@ -18,11 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from tests.support.agent import AgentProcess
 from tests.support.emulator import EmulatorProcess
 from tests.support.target import TargetHost, require_root
 from tests.support.tree import build_special_tree
@@ -71,23 +72,6 @@ def _changes(source: Path) -> list[str]:
     (docs / "note-0003.txt").chmod(0o600)
     (docs / "note-0004.txt").unlink()
     return ["1 added", "1 appended to", "1 renamed", "1 chmod-ed", "1 deleted"]
-
-
-@contextmanager
-def agent_process(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "smsagent", "run"], env=env, stderr=log_file, stdout=log_file
-        )
-        try:
-            yield process
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def wait_until(
@@ -176,20 +160,18 @@ def demo(work: Path, source_arg: Optional[str]) -> int:
             say(f"source:   a copy of {source_arg}, so that the demo's edits stay in the copy")
         size = _file_bytes(source)
         say(f"source:   {source} ({size / MiB:.1f} MiB in files)")
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("SMSAGENT_")},
-            **emulator.agent_env(),
-            "SMSAGENT_STATE_DIR": str(work / "agent-state"),
-            "SMSAGENT_SOURCE_ROOT": str(source),
-            "SMSAGENT_TARGET_ROOT": str(target.root),
-            "SMSAGENT_ACCEPT_PRIVACY_STATEMENT": "true",
-            "SMSAGENT_POLL_INTERVAL": "2",
-            "SMSAGENT_ACTIVE_POLL_INTERVAL": "1",
-            "SMSAGENT_PROGRESS_INTERVAL": "1",
-            "SMSAGENT_LOG_FORMAT": "json",
-            "SMSAGENT_SERVER_NAME": "demo-source",
-        }
-        stack.enter_context(agent_process(env, work / "agent.log"))
+        agent = AgentProcess(
+            emulator,
+            work / "agent",
+            settings={
+                "SMSAGENT_SOURCE_ROOT": str(source),
+                "SMSAGENT_TARGET_ROOT": str(target.root),
+                "SMSAGENT_POLL_INTERVAL": "2",
+                "SMSAGENT_ACTIVE_POLL_INTERVAL": "1",
+                "SMSAGENT_SERVER_NAME": "demo-source",
+            },
+        ).start()
+        stack.callback(agent.terminate)
         sources = wait_until(
             "the agent to register",
             lambda: emulator.state()["sources"],
@@ -216,8 +198,8 @@ def demo(work: Path, source_arg: Optional[str]) -> int:
         say(f"  sync pass   {'':8}     in {sync_s:6.1f} s  {verdict[ok_sync]}")
         say(f"  source states reported: {' -> '.join(states)}")
         if not (ok_full and ok_sync):
-            say(f"  agent log: {work / 'agent.log'}")
-            shutil.copy(work / "agent.log", Path.cwd() / "demo-agent.log")
+            shutil.copy(agent.log_path, Path.cwd() / "demo-agent.log")
+            say("  agent log kept in demo-agent.log")
             return 1
         return 0
 

@@ -402,11 +402,14 @@ def _left_to_the_stopping_command(outcome: HandlerOutcome, token: CancelToken) -
 
 
 async def _cancelled_within(token: CancelToken, delay_s: float) -> bool:
+    # `asyncio.wait`, not `wait_for`: before 3.12 `wait_for` can swallow a cancel that arrives
+    # just as the token is set, which would leave a shutdown waiting here.
+    waiter = asyncio.ensure_future(token.wait())
     try:
-        await asyncio.wait_for(token.wait(), delay_s)
-    except asyncio.TimeoutError:
-        return False
-    return True
+        done, _ = await asyncio.wait({waiter}, timeout=delay_s)
+    finally:
+        waiter.cancel()
+    return bool(done)
 
 
 def _cancelled_outcome(token: CancelToken) -> HandlerOutcome:

@@ -40,7 +40,8 @@ class Notifier:
     Args:
         environ: the process environment (`NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`).
         use_systemd_python: force (True) or avoid (False) systemd-python; None picks it when
-            importable.
+            importable and systemd listens (it is not even imported otherwise: it costs the
+            foreground agent most of a megabyte for nothing).
         pid: this process's id, for `WATCHDOG_PID`.
     """
 
@@ -57,7 +58,7 @@ class Notifier:
         self._watchdog_pid = env.get("WATCHDOG_PID")
         self._pid = os.getpid() if pid is None else pid
         self._systemd: Optional[Callable[[str], bool]] = None
-        if use_systemd_python is not False:
+        if use_systemd_python or (use_systemd_python is None and self._notify_socket):
             self._systemd = _systemd_notify()
             if use_systemd_python and self._systemd is None:
                 raise RuntimeError("systemd-python is not installed")

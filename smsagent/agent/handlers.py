@@ -122,10 +122,14 @@ def _candidates(group: str, dists: Iterable[Distribution]) -> list[_Candidate]:
     seen: set[tuple[str, str]] = set()
     found: list[_Candidate] = []
     for dist in dists:
+        points = [point for point in dist.entry_points if point.group == group]
+        if not points:
+            # Reading every distribution's METADATA would leave about a megabyte behind.
+            continue
         name = _distribution_name(dist)
-        for entry_point in dist.entry_points:
+        for entry_point in points:
             key = (name.lower(), entry_point.name)
-            if entry_point.group != group or key in seen:
+            if key in seen:
                 continue
             seen.add(key)
             found.append(_Candidate(entry_point, name, dist.version))

@@ -100,6 +100,25 @@ class TestInstalled:
             {info.name for info in registry.infos}
         )
 
+    def test_other_distributions_metadata_is_not_read(self) -> None:
+        """Only distributions with a handler entry point have their METADATA parsed (the parse
+        of every installed package's METADATA would stay in the daemon's memory)."""
+        reads: list[str] = []
+
+        class Unrelated(Distribution):
+            def read_text(self, filename: str) -> str | None:
+                reads.append(filename)
+                if filename == "entry_points.txt":
+                    return "[console_scripts]\ntool = tool:main\n"
+                return None
+
+            def locate_file(self, path: object) -> Path:
+                return Path("/nonexistent")
+
+        registry = HandlerRegistry.load(dists=[Unrelated(), *_own()])
+        assert reads == ["entry_points.txt"]
+        assert registry.for_command(CommandName.STOP) is not None
+
 
 class TestValidation:
     def test_plugin_for_a_task_type(self, site: Path) -> None:

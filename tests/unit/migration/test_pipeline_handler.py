@@ -13,13 +13,8 @@ from smsagent.agent.machine import Action, State
 from smsagent.agent.store import Store
 from smsagent.api.enums import CommandName, CommandResult
 from smsagent.api.models import Task
-from smsagent.migration.handler import (
-    ERROR_SETTING,
-    TASK_TYPE,
-    MigrateFileHandler,
-    destination_root,
-    target_address,
-)
+from smsagent.migration.handler import ERROR_SETTING, TASK_TYPE, MigrateFileHandler
+from smsagent.migration.migrate import destination_root, target_address
 from smsagent.migration.settings import SettingError
 from tests.support.agentcore import Runner, agent_settings
 

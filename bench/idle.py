@@ -4,10 +4,12 @@
 
 Starts an emulator and the agent with its default settings (only the endpoint, the credentials
 and the state directory are set, and the privacy statement a fresh emulator asks for is
-accepted), waits until the agent is ready, then for `--seconds` samples both the agent and a
-bare `python -c 'import asyncio, time; time.sleep(N)'` baseline: RSS (VmRSS in /proc/PID/status)
-once a second, CPU (utime + stime in /proc/PID/stat) at the start and end of the window. Prints
-the figures, the agent/baseline ratios, PASS/FAIL per target; exits 1 if a target is missed.
+accepted), waits until the agent is ready, then for `--seconds` samples the agent, a bare
+`python -c 'import asyncio, time; time.sleep(N)'` baseline and the stack's floor
+(`stack_floor.py`: aiohttp, structlog, pydantic and pydantic-settings polling the emulator at the
+agent's interval, nothing of smsagent): RSS (VmRSS in /proc/PID/status) once a second, CPU
+(utime + stime in /proc/PID/stat) at the start and end of the window. Prints the figures, the
+agent/baseline and agent/floor ratios, PASS/FAIL per target; exits 1 if a target is missed.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 COMMAND_ROUTE = "GET /v3/sources/{server_id}/command"
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+DEFAULT_POLL_INTERVAL_S = 10.0  # the agent's `poll_interval` default
 
 
 def free_port() -> int:
@@ -133,6 +136,14 @@ def is_ready(agent: subprocess.Popen[bytes], log_path: Path) -> bool:
     return b'"agent_ready"' in log_path.read_bytes()
 
 
+def has_polled(floor: subprocess.Popen[bytes], log_path: Path) -> bool:
+    """Whether the stack floor logged its first poll; fails at once if it exited instead."""
+    if floor.poll() is not None:
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"the stack floor exited with {floor.returncode}:\n{tail}")
+    return b'"polled"' in log_path.read_bytes()
+
+
 @dataclass
 class Figures:
     """What was measured for one process over the window."""
@@ -205,14 +216,14 @@ def ratio(agent: float, baseline: float) -> str:
 
 def print_report(figures: Mapping[str, Figures], polls: int) -> bool:
     """Print the figures, the ratios and the verdicts; True when every target is met."""
-    agent, baseline = figures["agent"], figures["baseline"]
+    agent, baseline, floor = figures["agent"], figures["baseline"], figures["stack floor"]
     print(
         f"window {agent.wall_s:.1f} s, {len(agent.rss_samples_mb)} RSS samples, "
         f"{polls} command polls by the agent, cpus={os.cpu_count()}, "
         f"python={sys.version.split()[0]}"
     )
     header = ("RSS peak", "RSS median", "private median", "CPU s", "CPU % core")
-    print(f"{'':<10}" + "".join(f"{title:>16}" for title in header))
+    print(f"{'':<12}" + "".join(f"{title:>16}" for title in header))
     for name, item in figures.items():
         cells = (
             f"{item.rss_peak_mb:.1f} MB",
@@ -221,11 +232,15 @@ def print_report(figures: Mapping[str, Figures], polls: int) -> bool:
             f"{item.cpu_used_s:.2f}",
             f"{item.cpu_percent:.3f} %",
         )
-        print(f"{name:<10}" + "".join(f"{cell:>16}" for cell in cells))
+        print(f"{name:<12}" + "".join(f"{cell:>16}" for cell in cells))
     print(
         f"agent/baseline: RSS peak {ratio(agent.rss_peak_mb, baseline.rss_peak_mb)}, "
         f"RSS median {ratio(agent.rss_median_mb, baseline.rss_median_mb)}, "
         f"CPU {ratio(agent.cpu_used_s, baseline.cpu_used_s)}"
+    )
+    print(
+        f"agent over the stack floor: RSS peak +{agent.rss_peak_mb - floor.rss_peak_mb:.1f} MB, "
+        f"private median +{agent.private_median_mb - floor.private_median_mb:.1f} MB"
     )
     rss_ok = agent.rss_peak_mb <= RSS_TARGET_MB
     cpu_ok = agent.cpu_percent <= CPU_TARGET_PERCENT
@@ -250,6 +265,8 @@ def run(seconds: float, workdir: Path) -> bool:
     env_file.write_text("")  # no settings file of this machine leaks into the run
     agent = [sys.executable, "-m", "smsagent", "run", "--env-file", str(env_file)]
     baseline = [sys.executable, "-c", f"import asyncio, time; time.sleep({seconds + 600})"]
+    floor = [sys.executable, str(Path(__file__).with_name("stack_floor.py"))]
+    floor += [f"{url}/_emulator/health", str(DEFAULT_POLL_INTERVAL_S)]
     agent_log = workdir / "agent.log"
     with ExitStack() as children:
         children.enter_context(running(emulator, workdir / "emulator.log", os.environ))
@@ -259,11 +276,23 @@ def run(seconds: float, workdir: Path) -> bool:
         baseline_process = children.enter_context(
             running(baseline, workdir / "baseline.log", os.environ)
         )
+        floor_log = workdir / "floor.log"
+        floor_process = children.enter_context(running(floor, floor_log, os.environ))
         wait_until(
             "the agent to be ready", lambda: is_ready(agent_process, agent_log), READY_TIMEOUT_S
         )
+        wait_until(
+            "the stack floor to poll",
+            lambda: has_polled(floor_process, floor_log),
+            READY_TIMEOUT_S,
+        )
         polls_before = command_polls(url)
-        figures = measure({"agent": agent_process.pid, "baseline": baseline_process.pid}, seconds)
+        pids = {
+            "agent": agent_process.pid,
+            "baseline": baseline_process.pid,
+            "stack floor": floor_process.pid,
+        }
+        figures = measure(pids, seconds)
         polls = command_polls(url) - polls_before
     return print_report(figures, polls)
 

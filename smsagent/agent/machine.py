@@ -66,7 +66,10 @@ An unknown command name changes nothing and answers nothing (the caller logs it 
 
 After a restart `recover(state, command)` continues what the persisted state says was under
 way: `prechecking`/`running` resume their work (`run_premigrate` again for a drill), and a
-`stopping` task settles as the command that stopped it asked (STOP owes its success).
+`stopping` task settles as the command that stopped it asked (STOP owes its success). The
+command a restart looks at is the last one that changed the state or started an action other
+than a `SIDE_ACTIONS` one: a START failed while a STOP winds down, or a SKIP passed to running
+work, does not replace it.
 """
 
 from __future__ import annotations
@@ -114,6 +117,10 @@ ACTIVE_STATES: Final = frozenset({State.prechecking, State.running, State.stoppi
 WORK_ACTIONS: Final = frozenset(
     {Action.start_task, Action.resume_task, Action.sync_task, Action.run_premigrate}
 )
+
+# Actions taken beside the task's current command when the state stays: the command under way
+# stays the one a restart settles or resumes (see `recover`).
+SIDE_ACTIONS: Final = frozenset({Action.none, Action.skip_stage, Action.upload_log})
 
 # Error codes of the failures the machine answers itself (`result_detail.error_code`).
 ERROR_TASK_STOPPING: Final = "SMSAGENT.TASK_STOPPING"

@@ -217,3 +217,52 @@ def test_kill_and_restart(scenario: Scenario, point: KillPoint) -> None:
     if point.result_owed:
         assert scenario.agent.events("fscopy_started", run=1) == []
     assert all(event["event"] != "_raw" for event in scenario.agent.events())
+
+
+STOP_WIND_DOWN_S = 4.0
+
+
+def test_start_answered_while_stopping_then_kill(
+    start_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """A START answered (fail) while a STOP winds down, then `kill -9`: after the restart the
+    STOP still gets its success and the START its failure, each once, and the task goes on."""
+    emulator = start_emulator(command_delivery="once", redeliver_after=3600)
+    agent = AgentProcess(emulator, tmp_path / "agent").start()
+    try:
+        job = CopyJob.build(tmp_path / "tree", files=FILES)
+        source_id = agent.wait_for_event("agent_ready")["server_id"]
+        task_id = job.create_task(
+            emulator, source_id, file_delay_s=FILE_DELAY_S, stop_delay_s=STOP_WIND_DOWN_S
+        )
+        emulator.action(task_id, "start")
+        agent.wait_for_count("fscopy_file_copied", FILES_BEFORE_STOP)
+        emulator.action(task_id, "stop")
+        agent.wait_for_event("fscopy_stopping")
+        agent.kill_on("result_queued", lambda event: "/START/" in event["result_key"])
+        emulator.queue_command(source_id, "START", task_id=task_id)
+        assert agent.wait_exit(SETTLE_TIMEOUT_S) == KILLED
+
+        agent.restart()
+        emulator.wait_for(
+            lambda s: {r["command_name"] for r in s["command_results"]} == {"START", "STOP"},
+            timeout_s=SETTLE_TIMEOUT_S,
+        )
+        emulator.wait_for(lambda s: copy_states(s, source_id)[-1:] == ["stopped"])
+        emulator.action(task_id, "start")
+        emulator.wait_for(
+            lambda s: copy_states(s, source_id)[-1:] == ["finished"], timeout_s=SETTLE_TIMEOUT_S
+        )
+        agent.wait_for_event("command_settled", lambda e: e["result"] == "success")
+        wait_for_polls(emulator, 3)
+
+        stored = emulator.results(source_id)
+        pairs = [(r["command_name"], r["result"]) for r in stored]
+        assert sorted(pairs[:2]) == [("START", "fail"), ("STOP", "success")]
+        assert pairs[2:] == [("START", "success")]
+        assert stored[-1]["result_detail"]["state"] == "finished"
+        keys = [r["result_detail"]["result_key"] for r in stored]
+        assert len(set(keys)) == len(keys)
+        assert job.differences() == []
+    finally:
+        agent.stop()

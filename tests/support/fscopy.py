@@ -55,7 +55,12 @@ class CopyJob:
         return frozenset({*self.files, "etc/link"})
 
     def create_task(
-        self, emulator: EmulatorProcess, source_id: str, *, file_delay_s: float = 0.0
+        self,
+        emulator: EmulatorProcess,
+        source_id: str,
+        *,
+        file_delay_s: float = 0.0,
+        stop_delay_s: float = 0.0,
     ) -> str:
         """Create the task as the console does, then make it an FSCOPY_TEST task of this job."""
         task_id = emulator.create_task(source_id)
@@ -66,6 +71,8 @@ class CopyJob:
         }
         if file_delay_s:
             fields["fscopy_file_delay_s"] = file_delay_s
+        if stop_delay_s:
+            fields["fscopy_stop_delay_s"] = stop_delay_s
         emulator.patch_task(task_id, **fields)
         return task_id
 

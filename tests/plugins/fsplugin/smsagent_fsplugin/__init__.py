@@ -4,10 +4,13 @@ another, resumably, reporting progress, through nothing but its `HandlerContext`
 The task names the directories in its own fields `fscopy_source` and `fscopy_target`; without
 them the agent's `source_root` and `target_root` settings are used. Its field
 `fscopy_file_delay_s` (seconds, default 0) pauses after each file, so that a test can stop,
-signal or kill a copy mid-way; the pause ends early when the work is asked to stop.
+signal or kill a copy mid-way; the pause ends early when the work is asked to stop. Its field
+`fscopy_stop_delay_s` (default 0) makes a stopped copy take that long to wind down, as a mover
+cleaning up would, so that a test can act while the task is `stopping`.
 
 Log events: `fscopy_started` (stage, `resume_from`: the last entry a resume skips to),
-`fscopy_file_copied` (each file or symlink written, by `path`), `fscopy_done`.
+`fscopy_file_copied` (each file or symlink written, by `path`), `fscopy_stopping` (a stopped
+copy starts winding down), `fscopy_done`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import ClassVar, Final, Optional
 from smsagent.agent.handlers import CommandEnvelope, HandlerContext, HandlerOutcome
 from smsagent.agent.machine import Action, State
 from smsagent.agent.store import TaskRecord
+from smsagent.agent.work import WorkCancelled
 from smsagent.api.enums import CommandName, SubtaskName
 
 TASK_TYPE: Final = "FSCOPY_TEST"
@@ -33,6 +37,7 @@ SYNC_STAGE: Final = SubtaskName.SYNC_LINUX_FILE
 ERROR_BAD_PATHS: Final = "FSCOPY.BAD_PATHS"
 PART_SUFFIX: Final = ".fscopy-part"
 FILE_DELAY_FIELD: Final = "fscopy_file_delay_s"
+STOP_DELAY_FIELD: Final = "fscopy_stop_delay_s"
 
 
 @dataclass(frozen=True)
@@ -88,10 +93,12 @@ class _Copy:
         target: Path,
         chunk_bytes: int,
         file_delay_s: float = 0.0,
+        stop_delay_s: float = 0.0,
     ) -> None:
         self.ctx, self.stage, self.source, self.target = ctx, stage, source, target
         self.chunk_bytes = chunk_bytes
         self.file_delay_s = file_delay_s
+        self.stop_delay_s = stop_delay_s
         self.bytes_done = 0
         self.bytes_total = 0
         self.cursor = ""
@@ -118,6 +125,11 @@ class _Copy:
                 if written:
                     self.ctx.log.info("fscopy_file_copied", path=entry.relative)
                     await self._pause()
+        except WorkCancelled:
+            if self.stop_delay_s > 0:
+                self.ctx.log.info("fscopy_stopping", wind_down_s=self.stop_delay_s)
+                await asyncio.sleep(self.stop_delay_s)
+            raise
         finally:
             self._save(force=True)
         self.ctx.update_task(lambda r: r.finish_stage(self.stage.value, self.ctx.clock()))
@@ -213,8 +225,8 @@ class FsCopyHandler:
         stage = _stage_for(ctx, command)
         copied = 0
         if stage is not None:
-            delay_s = _file_delay_s(command)
-            copied = await _Copy(ctx, stage, source, target, self.chunk_bytes, delay_s).run()
+            delays = (_delay_s(command, FILE_DELAY_FIELD), _delay_s(command, STOP_DELAY_FIELD))
+            copied = await _Copy(ctx, stage, source, target, self.chunk_bytes, *delays).run()
             ctx.log.info("fscopy_done", stage=stage.value, files_copied=copied)
         syncing = bool(command.task is not None and command.task.syncing)
         return HandlerOutcome.success(
@@ -246,9 +258,9 @@ def _paths(ctx: HandlerContext, command: CommandEnvelope) -> tuple[Path, Path]:
     return Path(str(source)), Path(str(target))
 
 
-def _file_delay_s(command: CommandEnvelope) -> float:
+def _delay_s(command: CommandEnvelope, field: str) -> float:
     extra = (command.task.model_extra or {}) if command.task is not None else {}
-    value = extra.get(FILE_DELAY_FIELD)
+    value = extra.get(field)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0.0
     return max(float(value), 0.0)

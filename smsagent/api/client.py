@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from yarl import URL
 
 from smsagent import __version__
-from smsagent.api.auth import Credentials, canonical_query_string, query_pairs
+from smsagent.api.auth import Credentials
 from smsagent.api.enums import ConfigKey
 from smsagent.api.errors import (
     MalformedResponse,
@@ -56,6 +56,7 @@ from smsagent.api.models import (
     UpdateTaskSpeedReq,
     UpdateTaskStatusReq,
 )
+from smsagent.api.signing import canonical_query_string, query_pairs
 
 log = structlog.get_logger()
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from aiohttp import web
 
-from smsagent.api.auth import SignatureError, verify
+from smsagent.api.signing import SignatureError, verify
 from smsagent.emulator.errors import ApiError
 from smsagent.emulator.iam import TokenRegistry
 from smsagent.emulator.traffic import ADMIN_PREFIX

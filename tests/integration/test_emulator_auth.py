@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from smsagent.api.auth import IamTokenCredentials, format_sdk_date, sign
+from smsagent.api.auth import IamTokenCredentials
+from smsagent.api.signing import format_sdk_date, sign
 from tests.support.emulator import EmulatorFactory, EmulatorProcess, HttpAnswer
 
 IAM_FLAGS = {"iam_user": "migrator", "iam_password": "s3cret-pw", "iam_domain": "example-account"}

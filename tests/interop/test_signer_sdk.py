@@ -12,7 +12,7 @@ from huaweicloudsdkcore.signer.signer import Signer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smsagent.api.auth import canonical_query_string, query_pairs, sign
+from smsagent.api.signing import canonical_query_string, query_pairs, sign
 
 QueryValue = Union[str, bool, list[str]]
 

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
-from smsagent.api.auth import sign
+from smsagent.api.signing import sign
 
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0

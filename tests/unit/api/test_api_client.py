@@ -24,7 +24,6 @@ from smsagent.api.auth import (
     Credentials,
     IamTokenCredentials,
     TokenCredentials,
-    verify,
 )
 from smsagent.api.client import SmsClient
 from smsagent.api.enums import (
@@ -67,6 +66,7 @@ from smsagent.api.models import (
     UpdateTaskSpeedReq,
     UpdateTaskStatusReq,
 )
+from smsagent.api.signing import verify
 from tests.support.sms_http import Clock, FakeService, IamIssuer, Recorded, serve_fake
 
 AK = "AKEXAMPLE1234567890A"

@@ -10,13 +10,7 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from smsagent.api.auth import (
-    AkSkCredentials,
-    IamTokenCredentials,
-    TokenCredentials,
-    parse_authorization,
-    verify,
-)
+from smsagent.api.auth import AkSkCredentials, IamTokenCredentials, TokenCredentials
 from smsagent.api.errors import (
     AuthError,
     ErrorAction,
@@ -24,6 +18,7 @@ from smsagent.api.errors import (
     ServerError,
     TransportError,
 )
+from smsagent.api.signing import parse_authorization, verify
 from tests.support.sms_http import Clock, FakeService, IamIssuer
 
 AK = "AKEXAMPLE1234567890A"

@@ -8,7 +8,8 @@ from typing import Optional
 
 import pytest
 
-from smsagent.api.auth import (
+from smsagent.api.enums import ConfigKey
+from smsagent.api.signing import (
     EMPTY_PAYLOAD_SHA256,
     SignatureError,
     canonical_request,
@@ -19,7 +20,6 @@ from smsagent.api.auth import (
     sign,
     verify,
 )
-from smsagent.api.enums import ConfigKey
 
 AK = "AKEXAMPLE1234567890A"
 SK = "SKEXAMPLESKEXAMPLESKEXAMPLESKEXAMPLE"

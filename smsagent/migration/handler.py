@@ -3,7 +3,7 @@
 The work of one START runs these stages, each recorded in the task record so that a restart
 resumes at the stage it was in, and skipping the stages already done:
 
-1. `MIGRATE_LINUX_FILE`: the full copy (rsync over SSH, see `pipeline.py`);
+1. `MIGRATE_LINUX_FILE`: the full copy (rsync over SSH, see `plan.py` and `pipeline.py`);
 2. `VERIFY_LINUX_FILE`: the consistency verification (`consistency.py`), unless the task turns
    it off (`is_need_consistency_check: false`); SKIP ends it early. The name is the agent's own:
    SMS lists no subtask name for it, so it is never reported as one.

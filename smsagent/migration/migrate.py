@@ -38,16 +38,8 @@ from smsagent.migration.handler import (
     MigrateOptions,
 )
 from smsagent.migration.mounts import read_mountinfo
-from smsagent.migration.pipeline import (
-    STAGES,
-    PassOptions,
-    PassRunner,
-    PassSummary,
-    SourcePlan,
-    build_pass,
-    copy_rules,
-    plan_source,
-)
+from smsagent.migration.pipeline import PassOptions, PassRunner, PassSummary
+from smsagent.migration.plan import STAGES, SourcePlan, build_pass, copy_rules, plan_source
 from smsagent.migration.rsync import PassKind, RetryPolicy, RsyncError
 from smsagent.migration.settings import MigrationSettings, SettingError, parse_settings
 from smsagent.migration.speedlimit import SpeedLimitWatch

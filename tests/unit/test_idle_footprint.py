@@ -12,6 +12,7 @@ import pytest
 WORK_ONLY_MODULES = (
     "smsagent.migration.migrate",
     "smsagent.migration.pipeline",
+    "smsagent.migration.plan",
     "smsagent.migration.rsync",
     "smsagent.migration.consistency",
     "smsagent.handlers.premigrate",

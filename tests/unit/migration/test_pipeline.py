@@ -18,16 +18,8 @@ from smsagent.api.enums import SubtaskName
 from smsagent.api.models import SpeedLimitWindow
 from smsagent.config import Settings
 from smsagent.migration.mounts import read_mountinfo
-from smsagent.migration.pipeline import (
-    PassOptions,
-    PassProgress,
-    PassRunner,
-    PassSpec,
-    SourcePlan,
-    build_pass,
-    copy_rules,
-    plan_source,
-)
+from smsagent.migration.pipeline import PassOptions, PassProgress, PassRunner
+from smsagent.migration.plan import PassSpec, SourcePlan, build_pass, copy_rules, plan_source
 from smsagent.migration.rsync import (
     ExitClass,
     PassKind,

@@ -9,7 +9,8 @@ accepted), waits until the agent is ready, then for `--seconds` samples the agen
 (`stack_floor.py`: aiohttp, structlog, pydantic and pydantic-settings polling the emulator at the
 agent's interval, nothing of smsagent): RSS (VmRSS in /proc/PID/status) once a second, CPU
 (utime + stime in /proc/PID/stat) at the start and end of the window. Prints the figures, the
-agent/baseline and agent/floor ratios, PASS/FAIL per target; exits 1 if a target is missed.
+agent/baseline ratios, how far the agent sits above the floor, PASS/FAIL per target; exits 1 if
+a target is missed.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from smsagent.config import Settings
+
 RSS_TARGET_MB = 50.0
 CPU_TARGET_PERCENT = 0.2
 SAMPLE_INTERVAL_S = 1.0
@@ -40,7 +43,7 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 COMMAND_ROUTE = "GET /v3/sources/{server_id}/command"
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-DEFAULT_POLL_INTERVAL_S = 10.0  # the agent's `poll_interval` default
+DEFAULT_POLL_INTERVAL_S = float(Settings.model_fields["poll_interval"].default)
 
 
 def free_port() -> int:

@@ -166,6 +166,13 @@ class Decision:
         sequence the outbox keys results by)."""
         return self.next_state is not state
 
+    def takes_over(self, state: State) -> bool:
+        """Whether the command becomes the task's current one, the one a restart settles or
+        resumes (`recover`). An answer given on the side (START while stopping, PREMIGRATE
+        while running, a SKIP signal) keeps the command under way, or a crash would forget
+        what that command owes."""
+        return self.changes_state(state) or self.action not in SIDE_ACTIONS
+
 
 def parse_command(name: Optional[str]) -> Optional[Command]:
     """The command for a wire `command_name`; None when nothing is pending."""

@@ -21,7 +21,6 @@ from smsagent.agent.backoff import Outcome, Schedule
 from smsagent.agent.dispatch import AgentParts, Dispatcher, owe_now
 from smsagent.agent.handlers import CommandEnvelope
 from smsagent.agent.machine import (
-    SIDE_ACTIONS,
     Action,
     Decision,
     State,
@@ -225,7 +224,7 @@ class Poller:
             record = TaskRecord.new(task_id, None, now_s)
             same_task = True
         sequence = _stamp(now_s)
-        if record is not None and same_task and _takes_over(decision, record.state):
+        if record is not None and same_task and decision.takes_over(record.state):
             record = _advanced(record.apply(decision, command, now_s), decision, state_was=record)
             self._parts.store.save(TASK, record)
             sequence = record.command_seq
@@ -293,13 +292,6 @@ def _is_no_op(decision: Decision, state: State) -> bool:
     return (
         decision.action is Action.none and decision.result is None and decision.next_state is state
     )
-
-
-def _takes_over(decision: Decision, state: State) -> bool:
-    """Whether the command becomes the task's current one, the one a restart settles or
-    resumes. An answer given on the side (START while stopping, PREMIGRATE while running, a
-    SKIP signal) keeps the command under way there, or a crash would forget what it owes."""
-    return decision.changes_state(state) or decision.action not in SIDE_ACTIONS
 
 
 def _advanced(record: TaskRecord, decision: Decision, state_was: TaskRecord) -> TaskRecord:

@@ -155,7 +155,8 @@ class _Migration:
 
     async def run(self, action: Action) -> HandlerOutcome:
         """Prepare, then replicate (start, resume) or sync."""
-        leftovers = kill_leftover_movers(self._task.id)
+        # A walk of every process's environment in /proc: off the event loop.
+        leftovers = await asyncio.to_thread(kill_leftover_movers, self._task.id)
         if leftovers:
             self._ctx.log.warning("leftover_movers_killed", pids=leftovers)
         prepared = await self._prepare()

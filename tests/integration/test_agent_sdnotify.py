@@ -40,7 +40,9 @@ def _collect(sock: socket.socket, until: str, timeout_s: float) -> list[str]:
     return messages
 
 
-def _agent(tmp_path: Path, emulator: EmulatorProcess, sock: socket.socket, **extra: str):
+def _agent(
+    tmp_path: Path, emulator: EmulatorProcess, sock: socket.socket, **extra: str
+) -> AgentProcess:
     settings = {
         "NOTIFY_SOCKET": sock.getsockname(),
         "WATCHDOG_USEC": "1000000",

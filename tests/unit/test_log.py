@@ -236,7 +236,9 @@ class TestConfigure:
 
 
 class TestJournalStream:
-    def test_auto_is_journal_on_systemds_journal_stream(self, tmp_path, monkeypatch) -> None:
+    def test_auto_is_journal_on_systemds_journal_stream(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """Standard error that is the stream named by JOURNAL_STREAM means journal output."""
         with open(tmp_path / "stream", "w") as stream:
             info = os.fstat(stream.fileno())
@@ -244,6 +246,10 @@ class TestJournalStream:
             assert not stream_is_journal(stream.fileno(), f"{info.st_dev}:{info.st_ino + 1}")
             assert not stream_is_journal(stream.fileno(), None)
             assert not stream_is_journal(stream.fileno(), "garbage")
+            monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+            assert log._automatic_format(stream) == "journal"
+            monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino + 1}")
+            assert log._automatic_format(stream) == "json"
 
     def test_native_entries_encode_multiline_values_with_a_length(self) -> None:
         """A value with a newline is sent in the length-prefixed form."""

@@ -286,6 +286,28 @@ class TestRecover:
         assert (decision.next_state, decision.action, decision.result) == expected
 
 
+class TestTakesOver:
+    @pytest.mark.parametrize(
+        ("state", "command", "takes_over"),
+        [
+            (State.stopping, CommandName.START, False),  # answered fail; the STOP stays owed
+            (State.running, CommandName.PREMIGRATE, False),  # refused; the START keeps running
+            (State.running, CommandName.SKIP, False),  # a signal to the running work
+            (State.running, CommandName.UPLOAD_LOG, False),
+            (State.finished, CommandName.START, False),  # answered success, nothing to do
+            (State.running, CommandName.STOP, True),
+            (State.stopping, CommandName.TASK_HAS_FINISHED, True),  # finish_task, state stays
+            (State.stopping, CommandName.DELETE, True),
+            (State.idle, CommandName.START, True),
+        ],
+    )
+    def test_side_answers_keep_the_command_under_way(
+        self, state: State, command: CommandName, takes_over: bool
+    ) -> None:
+        """Only a transition or a task action replaces the command a restart looks at."""
+        assert decide(state, command).takes_over(state) is takes_over
+
+
 class TestParse:
     def test_known_names(self) -> None:
         """Wire names parse to commands; surrounding blanks are tolerated."""

@@ -93,7 +93,7 @@ class TestStop:
         assert stop.result is CommandResult.success
         assert rig.record().state is State.stopped
         assert mover_processes() == []
-        target_host.wait_no_sessions()
+        target_host.wait_quiet()
         kept_bytes = partial_file(target_host).stat().st_size
         assert 0 < kept_bytes < 20 * MiB
 

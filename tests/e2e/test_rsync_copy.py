@@ -115,7 +115,7 @@ class TestStop:
         assert result.terminate_sent_at is not None
         assert result.terminate_sent_at - cancel_at < 1.0
         assert result.ended_at - cancel_at < 1.0, result.ended_at - cancel_at
-        target_host.wait_no_sessions()
+        target_host.wait_quiet()
         partial = target_host.root / "data" / ".rsync-partial" / "big.bin"
         partial_bytes = partial.stat().st_size
         assert 0 < partial_bytes < 20 * MiB

@@ -287,6 +287,32 @@ class TargetHost:
                 raise AssertionError(msg)
             time.sleep(0.05)
 
+    def processes_inside(self) -> list[int]:
+        """Every process in the target's network namespace but the sshd listener: sessions and
+        the commands they ran, also those that outlive their session (reparented away)."""
+        namespace = os.stat(f"/run/netns/{self.netns}")
+        inside = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == self.sshd_pid:
+                continue
+            try:
+                net = os.stat(f"/proc/{entry}/ns/net")
+            except OSError:
+                continue
+            if (net.st_dev, net.st_ino) == (namespace.st_dev, namespace.st_ino):
+                inside.append(int(entry))
+        return inside
+
+    def wait_quiet(self, timeout_s: float = 10.0) -> None:
+        """Wait until the target runs nothing for us any more: no session and no remote command
+        (rsync's server side still saves its partial file after its session has closed)."""
+        deadline = time.monotonic() + timeout_s
+        while self.processes_inside():
+            if time.monotonic() > deadline:
+                msg = f"processes {self.processes_inside()} still run on the target"
+                raise AssertionError(msg)
+            time.sleep(0.05)
+
     def kill_sessions(self, *, include_commands: bool = False) -> int:
         """Drop every established connection at once, as a target that goes away would.
 

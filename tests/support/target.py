@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -72,6 +72,15 @@ def _children(pid: int) -> list[int]:
         found.extend(kids)
         frontier.extend(kids)
     return found
+
+
+def _wait_none_left(find: Callable[[], list[int]], what: str, timeout_s: float) -> None:
+    """Poll `find` until it finds no process; fail naming `what` and the pids after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while find():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} {find()} still alive after {timeout_s} s")
+        time.sleep(0.05)
 
 
 def _comm(pid: int) -> str:
@@ -280,12 +289,7 @@ class TargetHost:
 
     def wait_no_sessions(self, timeout_s: float = 10.0) -> None:
         """Wait until no connection is served any more (every session ended or was dropped)."""
-        deadline = time.monotonic() + timeout_s
-        while self.session_pids():
-            if time.monotonic() > deadline:
-                msg = f"sshd sessions {self.session_pids()} still alive after {timeout_s} s"
-                raise AssertionError(msg)
-            time.sleep(0.05)
+        _wait_none_left(self.session_pids, "sshd sessions", timeout_s)
 
     def processes_inside(self) -> list[int]:
         """Every process in the target's network namespace but the sshd listener: sessions and
@@ -306,12 +310,7 @@ class TargetHost:
     def wait_quiet(self, timeout_s: float = 10.0) -> None:
         """Wait until the target runs nothing for us any more: no session and no remote command
         (rsync's server side still saves its partial file after its session has closed)."""
-        deadline = time.monotonic() + timeout_s
-        while self.processes_inside():
-            if time.monotonic() > deadline:
-                msg = f"processes {self.processes_inside()} still run on the target"
-                raise AssertionError(msg)
-            time.sleep(0.05)
+        _wait_none_left(self.processes_inside, "processes on the target", timeout_s)
 
     def kill_sessions(self, *, include_commands: bool = False) -> int:
         """Drop every established connection at once, as a target that goes away would.

@@ -4,18 +4,21 @@
 
 Starts an emulator and the agent with its default settings (only the endpoint, the credentials
 and the state directory are set, and the privacy statement a fresh emulator asks for is
-accepted), waits until the agent is ready, then for `--seconds` samples the agent, a bare
+accepted) and with the interpreter settings of the systemd unit (`-OO`, a bytecode cache of its
+own). The agent is started once to fill that cache, as the service's first start does, then
+again for the window. Beside it run the same agent without the unit's `-OO`, a bare
 `python -c 'import asyncio, time; time.sleep(N)'` baseline and the stack's floor
 (`stack_floor.py`: aiohttp, structlog, pydantic and pydantic-settings polling the emulator at the
-agent's interval, nothing of smsagent): RSS (VmRSS in /proc/PID/status) once a second, CPU
-(utime + stime in /proc/PID/stat) at the start and end of the window. Prints the figures, the
-agent/baseline ratios, how far the agent sits above the floor, PASS/FAIL per target; exits 1 if
-a target is missed.
+agent's interval, nothing of smsagent). For `--seconds` each is sampled: RSS (VmRSS in
+/proc/PID/status) once a second, CPU (utime + stime in /proc/PID/stat) at the start and end of
+the window. Prints the figures, the agent/baseline ratios, how far each agent sits above the
+floor, PASS/FAIL per target for the agent as the unit runs it; exits 1 if a target is missed.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import secrets
@@ -34,7 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from smsagent.config import Settings
+from tests.support.unit import NO_CACHE_VARIABLE, unit_python_environment
 
 RSS_TARGET_MB = 50.0
 CPU_TARGET_PERCENT = 0.2
@@ -199,15 +205,23 @@ def measure(pids: Mapping[str, int], seconds: float) -> dict[str, Figures]:
     }
 
 
-def agent_env(url: str, ak: str, sk: str, state_dir: Path) -> dict[str, str]:
-    """The process environment with no SMSAGENT_* settings but endpoint, keys and state dir."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SMSAGENT_")}
+def agent_env(
+    url: str, ak: str, sk: str, state_dir: Path, python: Mapping[str, str]
+) -> dict[str, str]:
+    """The process environment with no SMSAGENT_* settings but endpoint, keys and state dir,
+    and the interpreter settings `python` (of the unit, or only a bytecode cache)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("SMSAGENT_") and key != NO_CACHE_VARIABLE
+    }
     env.update(
         SMSAGENT_ENDPOINT=url,
         SMSAGENT_AK=ak,
         SMSAGENT_SK=sk,
         SMSAGENT_STATE_DIR=str(state_dir),
         SMSAGENT_ACCEPT_PRIVACY_STATEMENT="true",
+        **python,
     )
     return env
 
@@ -217,16 +231,19 @@ def ratio(agent: float, baseline: float) -> str:
     return f"{agent / baseline:.1f}x" if baseline > 0 else "n/a (baseline 0)"
 
 
+AGENT, PLAIN_AGENT, BASELINE, FLOOR = "agent", "agent no -OO", "baseline", "stack floor"
+
+
 def print_report(figures: Mapping[str, Figures], polls: int) -> bool:
     """Print the figures, the ratios and the verdicts; True when every target is met."""
-    agent, baseline, floor = figures["agent"], figures["baseline"], figures["stack floor"]
+    agent, baseline, floor = figures[AGENT], figures[BASELINE], figures[FLOOR]
     print(
         f"window {agent.wall_s:.1f} s, {len(agent.rss_samples_mb)} RSS samples, "
-        f"{polls} command polls by the agent, cpus={os.cpu_count()}, "
+        f"{polls} command polls by the two agents, cpus={os.cpu_count()}, "
         f"python={sys.version.split()[0]}"
     )
     header = ("RSS peak", "RSS median", "private median", "CPU s", "CPU % core")
-    print(f"{'':<12}" + "".join(f"{title:>16}" for title in header))
+    print(f"{'':<13}" + "".join(f"{title:>16}" for title in header))
     for name, item in figures.items():
         cells = (
             f"{item.rss_peak_mb:.1f} MB",
@@ -235,21 +252,24 @@ def print_report(figures: Mapping[str, Figures], polls: int) -> bool:
             f"{item.cpu_used_s:.2f}",
             f"{item.cpu_percent:.3f} %",
         )
-        print(f"{name:<12}" + "".join(f"{cell:>16}" for cell in cells))
+        print(f"{name:<13}" + "".join(f"{cell:>16}" for cell in cells))
     print(
         f"agent/baseline: RSS peak {ratio(agent.rss_peak_mb, baseline.rss_peak_mb)}, "
         f"RSS median {ratio(agent.rss_median_mb, baseline.rss_median_mb)}, "
         f"CPU {ratio(agent.cpu_used_s, baseline.cpu_used_s)}"
     )
-    print(
-        f"agent over the stack floor: RSS peak +{agent.rss_peak_mb - floor.rss_peak_mb:.1f} MB, "
-        f"private median +{agent.private_median_mb - floor.private_median_mb:.1f} MB"
-    )
+    for name in (AGENT, PLAIN_AGENT):
+        rss_over_mb = figures[name].rss_peak_mb - floor.rss_peak_mb
+        private_over_mb = figures[name].private_median_mb - floor.private_median_mb
+        print(
+            f"{name} over the stack floor: RSS peak +{rss_over_mb:.1f} MB, "
+            f"private median +{private_over_mb:.1f} MB"
+        )
     rss_ok = agent.rss_peak_mb <= RSS_TARGET_MB
     cpu_ok = agent.cpu_percent <= CPU_TARGET_PERCENT
     print(
         f"{'PASS' if rss_ok else 'FAIL'} RSS peak {agent.rss_peak_mb:.1f} MB "
-        f"(target <= {RSS_TARGET_MB:.0f} MB)"
+        f"(target <= {RSS_TARGET_MB:.0f} MB, the agent as the unit runs it)"
     )
     print(
         f"{'PASS' if cpu_ok else 'FAIL'} CPU {agent.cpu_percent:.3f} % of a core "
@@ -259,7 +279,8 @@ def print_report(figures: Mapping[str, Figures], polls: int) -> bool:
 
 
 def run(seconds: float, workdir: Path) -> bool:
-    """Start the emulator, the agent and the baseline, measure, and report."""
+    """Start the emulator, both agents (each once before, to fill its bytecode cache), the
+    baseline and the floor; measure, and report."""
     port, ak, sk = free_port(), "BENCHIDLEAK000000001", secrets.token_hex(20)
     url = f"http://127.0.0.1:{port}"
     emulator = [sys.executable, "-m", "smsagent", "emulator", "--bind", "127.0.0.1"]
@@ -267,34 +288,53 @@ def run(seconds: float, workdir: Path) -> bool:
     env_file = workdir / "smsagent.env"
     env_file.write_text("")  # no settings file of this machine leaks into the run
     agent = [sys.executable, "-m", "smsagent", "run", "--env-file", str(env_file)]
+    cache = workdir / "bytecode"
+    pythons = {
+        AGENT: unit_python_environment(cache),
+        PLAIN_AGENT: {"PYTHONPYCACHEPREFIX": str(cache)},
+    }
     baseline = [sys.executable, "-c", f"import asyncio, time; time.sleep({seconds + 600})"]
     floor = [sys.executable, str(Path(__file__).with_name("stack_floor.py"))]
     floor += [f"{url}/_emulator/health", str(DEFAULT_POLL_INTERVAL_S)]
-    agent_log = workdir / "agent.log"
     with ExitStack() as children:
         children.enter_context(running(emulator, workdir / "emulator.log", os.environ))
         wait_until("the emulator", lambda: is_answering(url), READY_TIMEOUT_S)
-        env = agent_env(url, ak, sk, workdir / "state")
-        agent_process = children.enter_context(running(agent, agent_log, env))
+        envs = {
+            name: agent_env(url, ak, sk, workdir / f"state-{index}", python)
+            for index, (name, python) in enumerate(pythons.items())
+        }
+        for name, env in envs.items():
+            log_path = workdir / f"warm-up-{name.replace(' ', '-')}.log"
+            with running(agent, log_path, env) as warm_up:
+                wait_until(
+                    f"the {name} to be ready (warm-up)",
+                    functools.partial(is_ready, warm_up, log_path),
+                    READY_TIMEOUT_S,
+                )
+        processes: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        for name, env in envs.items():
+            log_path = workdir / f"{name.replace(' ', '-')}.log"
+            process = children.enter_context(running(agent, log_path, env))
+            processes[name] = (process, log_path)
         baseline_process = children.enter_context(
             running(baseline, workdir / "baseline.log", os.environ)
         )
         floor_log = workdir / "floor.log"
         floor_process = children.enter_context(running(floor, floor_log, os.environ))
-        wait_until(
-            "the agent to be ready", lambda: is_ready(agent_process, agent_log), READY_TIMEOUT_S
-        )
+        for name, (process, log_path) in processes.items():
+            wait_until(
+                f"the {name} to be ready",
+                functools.partial(is_ready, process, log_path),
+                READY_TIMEOUT_S,
+            )
         wait_until(
             "the stack floor to poll",
             lambda: has_polled(floor_process, floor_log),
             READY_TIMEOUT_S,
         )
         polls_before = command_polls(url)
-        pids = {
-            "agent": agent_process.pid,
-            "baseline": baseline_process.pid,
-            "stack floor": floor_process.pid,
-        }
+        pids = {name: process.pid for name, (process, _) in processes.items()}
+        pids.update({BASELINE: baseline_process.pid, FLOOR: floor_process.pid})
         figures = measure(pids, seconds)
         polls = command_polls(url) - polls_before
     return print_report(figures, polls)

@@ -31,7 +31,10 @@ OUTBOX_DIR: Final = "outbox"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smsagent status", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="smsagent status",
+        description="What the agent is doing, read from the state directory alone.",
+    )
     parser.add_argument("--state-dir", type=Path, help="state directory to read")
     parser.add_argument("--env-file", type=Path, help=f"env file (default {DEFAULT_ENV_FILE})")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

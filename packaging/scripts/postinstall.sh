@@ -37,6 +37,8 @@ chmod 0700 /etc/smsagent
 chmod 0600 /etc/smsagent/smsagent.env
 install -d -m 0700 /var/lib/smsagent
 /usr/lib/smsagent/setup-venv
+# The unit caches the agent's bytecode (PYTHONPYCACHEPREFIX); it belongs to the old venv.
+rm -rf /var/cache/smsagent/bytecode
 
 if systemd_running; then
 	systemctl daemon-reload

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Before removal (dpkg: "remove"; rpm: 0 = erase): stop and disable the agent while its unit file
 # still exists, and delete the venv the package built, so the package's own directories end up
-# empty and go with it. Upgrades (dpkg "upgrade", rpm 1) leave the agent running; the new
-# postinstall restarts it.
+# empty and go with it, and the bytecode cache the unit kept for that venv. Upgrades (dpkg
+# "upgrade", rpm 1) leave the agent running; the new postinstall restarts it.
 set -eu
 
 UNIT=smsagent.service
@@ -17,3 +17,4 @@ if [ -d /run/systemd/system ]; then
 fi
 systemctl disable --quiet "$UNIT" || true
 rm -rf /usr/lib/smsagent/venv
+rm -rf /var/cache/smsagent

@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ from typing import IO, Any, Callable, Final, Optional
 
 from tests.support import secrets
 from tests.support.emulator import EmulatorProcess
+from tests.support.unit import NO_CACHE_VARIABLE, unit_python_environment
 
 Event = dict[str, Any]
 Predicate = Callable[[Event], bool]
@@ -39,6 +41,9 @@ EXIT_TIMEOUT_S: Final = 15.0
 WAIT_TIMEOUT_S: Final = 30.0
 RAW_EVENT: Final = "_raw"
 RUN_FIELD: Final = "_run"
+# Kept between runs, like the unit's cache directory: each agent start after the first reads
+# its bytecode instead of compiling every module again. The entries name their Python.
+BYTECODE_CACHE: Final = Path(tempfile.gettempdir()) / "smsagent-tests-bytecode"
 
 # Fast polling and JSON logs: what every test agent runs with unless a test says otherwise.
 FAST_SETTINGS: Final[Mapping[str, str]] = {
@@ -54,9 +59,15 @@ FAST_SETTINGS: Final[Mapping[str, str]] = {
 
 
 def child_environment(settings: Mapping[str, str]) -> dict[str, str]:
-    """This process's environment without any `SMSAGENT_*` variable, plus `settings`."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("SMSAGENT_")}
-    return {**inherited, **settings}
+    """This process's environment without any `SMSAGENT_*` variable, with the interpreter
+    settings of the systemd unit (`-OO`, a bytecode cache shared by the suite's agents), plus
+    `settings`."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("SMSAGENT_") and name != NO_CACHE_VARIABLE
+    }
+    return {**inherited, **unit_python_environment(BYTECODE_CACHE), **settings}
 
 
 def parse_line(line: str) -> Event:

@@ -117,6 +117,16 @@ class TestService:
         assert (now["ActiveState"], now["SubState"], now["NRestarts"]) == ("active", "running", "0")
         assert main[0].startswith("/usr/lib/smsagent/venv/bin/python")
 
+    def test_runs_at_oo_with_its_bytecode_cached(self, agent: nspawn.Container) -> None:
+        """The agent runs at -OO, and its bytecode of that level is kept for the next start
+        in the unit's cache directory (/usr is read-only to it)."""
+        cache = "/var/cache/smsagent/bytecode"
+        found = agent.exec(["find", cache, "-name", "service.*.opt-2.pyc"]).stdout.split()
+        mode = agent.exec(["stat", "--format=%a", "/var/cache/smsagent"]).stdout.strip()
+
+        assert [path for path in found if path.endswith(".opt-2.pyc") and "/smsagent/" in path]
+        assert mode == "700"
+
     def test_registers_and_polls(self, agent: nspawn.Container, emulator: EmulatorProcess) -> None:
         """The server shows up under its hostname and the agent keeps asking for commands."""
         sources = emulator.wait_for(lambda s: s["sources"], timeout_s=AGENT_TIMEOUT_S)
@@ -217,7 +227,7 @@ class TestService:
         agent.exec(["systemctl", "start", UNIT])
 
         agent.exec(["apt-get", "purge", "--yes", "--quiet", "smsagent"])
-        left = ("/usr/lib/smsagent", "/var/lib/smsagent", "/etc/smsagent")
+        left = ("/usr/lib/smsagent", "/var/lib/smsagent", "/var/cache/smsagent", "/etc/smsagent")
 
         assert [p for p in agent.processes() if "smsagent" in p] == []
         assert [p for p in left if agent.path(p).exists()] == []

@@ -40,7 +40,8 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from smsagent.config import Settings
-from tests.support.unit import NO_CACHE_VARIABLE, unit_python_environment
+from tests.support.agent import child_environment
+from tests.support.unit import CACHE_VARIABLE, unit_python_environment
 
 RSS_TARGET_MB = 50.0
 CPU_TARGET_PERCENT = 0.2
@@ -210,20 +211,14 @@ def agent_env(
 ) -> dict[str, str]:
     """The process environment with no SMSAGENT_* settings but endpoint, keys and state dir,
     and the interpreter settings `python` (of the unit, or only a bytecode cache)."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("SMSAGENT_") and key != NO_CACHE_VARIABLE
+    settings = {
+        "SMSAGENT_ENDPOINT": url,
+        "SMSAGENT_AK": ak,
+        "SMSAGENT_SK": sk,
+        "SMSAGENT_STATE_DIR": str(state_dir),
+        "SMSAGENT_ACCEPT_PRIVACY_STATEMENT": "true",
     }
-    env.update(
-        SMSAGENT_ENDPOINT=url,
-        SMSAGENT_AK=ak,
-        SMSAGENT_SK=sk,
-        SMSAGENT_STATE_DIR=str(state_dir),
-        SMSAGENT_ACCEPT_PRIVACY_STATEMENT="true",
-        **python,
-    )
-    return env
+    return child_environment(settings, python)
 
 
 def ratio(agent: float, baseline: float) -> str:
@@ -291,7 +286,7 @@ def run(seconds: float, workdir: Path) -> bool:
     cache = workdir / "bytecode"
     pythons = {
         AGENT: unit_python_environment(cache),
-        PLAIN_AGENT: {"PYTHONPYCACHEPREFIX": str(cache)},
+        PLAIN_AGENT: {CACHE_VARIABLE: str(cache)},
     }
     baseline = [sys.executable, "-c", f"import asyncio, time; time.sleep({seconds + 600})"]
     floor = [sys.executable, str(Path(__file__).with_name("stack_floor.py"))]

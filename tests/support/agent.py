@@ -58,16 +58,20 @@ FAST_SETTINGS: Final[Mapping[str, str]] = {
 }
 
 
-def child_environment(settings: Mapping[str, str]) -> dict[str, str]:
+def child_environment(
+    settings: Mapping[str, str], python: Optional[Mapping[str, str]] = None
+) -> dict[str, str]:
     """This process's environment without any `SMSAGENT_*` variable, with the interpreter
-    settings of the systemd unit (`-OO`, a bytecode cache shared by the suite's agents), plus
-    `settings`."""
+    settings `python` (default: the systemd unit's, `-OO` with a bytecode cache shared by the
+    suite's agents), plus `settings`."""
     inherited = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith("SMSAGENT_") and name != NO_CACHE_VARIABLE
     }
-    return {**inherited, **unit_python_environment(BYTECODE_CACHE), **settings}
+    if python is None:
+        python = unit_python_environment(BYTECODE_CACHE)
+    return {**inherited, **python, **settings}
 
 
 def parse_line(line: str) -> Event:

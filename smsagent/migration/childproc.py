@@ -7,6 +7,7 @@ import contextlib
 import os
 import pwd
 import signal
+import time
 from collections import deque
 from pathlib import Path
 from typing import Final, Optional
@@ -18,6 +19,11 @@ DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
 STDERR_TAIL_LINES: Final = 50
 STDERR_LINE_BYTES: Final = 1024
 READ_CHUNK_BYTES: Final = 65536
+# After a leader has exited, its helpers get this long at most to exit too, and are looked at
+# this often. Enough for rsync's local receiver to save its partial file; a helper stuck on a
+# dead network (ssh) costs a stop no more than this.
+HELPERS_GRACE_S: Final = 2.0
+GROUP_POLL_S: Final = 0.02
 
 
 def minimal_env(path: str = DEFAULT_PATH) -> dict[str, str]:
@@ -109,6 +115,38 @@ async def drain_into(stream: Optional[asyncio.StreamReader], tail: LineTail) -> 
     tail.close()
 
 
+def live_group_members(pgid: int, proc_root: Path = Path("/proc")) -> list[int]:
+    """The pids in process group `pgid` that still run. A zombie is left out: a helper whose
+    parent has exited waits there for init to reap it, and has nothing left to do."""
+    members: list[int] = []
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_bytes().rpartition(b")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+async def end_group(proc: asyncio.subprocess.Process, grace_s: float) -> None:
+    """Give the rest of an exited leader's group up to `grace_s` (at most `HELPERS_GRACE_S`)
+    to exit, then SIGKILL it.
+
+    rsync's leader signals its local helpers as it exits and does not wait for them; a local
+    receiver then moves its temporary file into the partial dir. Killed at once, it would leave
+    that file behind as a stray on the destination and its data lost to the resume.
+    """
+    deadline = time.monotonic() + min(grace_s, HELPERS_GRACE_S)
+    while await asyncio.to_thread(live_group_members, proc.pid):
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(GROUP_POLL_S)
+    kill_group(proc)
+
+
 def kill_group(proc: asyncio.subprocess.Process) -> None:
     """SIGKILL the child's whole process group (the child leads it: `start_new_session=True`)."""
     # The group may be gone already (PermissionError: its id now names a foreign group).
@@ -131,12 +169,14 @@ async def stop_process(proc: asyncio.subprocess.Process, grace_s: float) -> None
     """Stop a child that leads its own process group and reap it.
 
     The leader gets SIGTERM first so that it can wind down (rsync then tells its remote side to
-    keep the partial file); after `grace_s`, or once the leader is gone, the whole group gets
-    SIGKILL so no helper (ssh) outlives it.
+    keep the partial file); once the leader and then its helpers are gone, or after `grace_s`,
+    the whole group gets SIGKILL so no helper (ssh) outlives it.
     """
+    deadline = time.monotonic() + grace_s
     terminate_leader(proc)
     try:
         await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=grace_s)
+        await end_group(proc, deadline - time.monotonic())
     except asyncio.TimeoutError:
         pass
     finally:

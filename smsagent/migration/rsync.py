@@ -17,7 +17,13 @@ from typing import Callable, Final, Optional
 
 import structlog
 
-from smsagent.migration.childproc import LineTail, drain_into, kill_group, minimal_env, stop_process
+from smsagent.migration.childproc import (
+    LineTail,
+    drain_into,
+    end_group,
+    minimal_env,
+    stop_process,
+)
 from smsagent.migration.rsync_argv import (
     DEFAULT_IO_TIMEOUT_S,
     PARTIAL_DIR,
@@ -230,7 +236,7 @@ async def run_rsync(
     try:
         stop = await _supervise(proc, pump, cancel, grace_s)
         # A straggler (ssh) could hold the pipes open after rsync is gone.
-        kill_group(proc)
+        await end_group(proc, grace_s)
         await pump
     except BaseException:
         pump.cancel()

@@ -1,10 +1,51 @@
-"""The movers' child-process helpers: environment and bounded stderr capture."""
+"""The movers' child-process helpers: environment, bounded stderr capture, the stop sequence."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
+from pathlib import Path
+
 import pytest
 
-from smsagent.migration.childproc import LineTail, minimal_env
+from smsagent.migration.childproc import LineTail, live_group_members, minimal_env, stop_process
+
+# A group leader like rsync's: on SIGTERM it exits without waiting for its helper. The helper
+# learns that its leader is gone (its pipe ends), then takes a while to save its work, as
+# rsync's local receiver does with its partial file; with `--stubborn` it never ends at all.
+LEADER_WITH_HELPER = """
+import os, signal, sys, time
+saved_path, stubborn = sys.argv[1], sys.argv[2:] == ["--stubborn"]
+gone_r, gone_w = os.pipe()
+if os.fork() == 0:
+    os.close(gone_w)
+    os.read(gone_r, 1)
+    if stubborn:
+        signal.pause()
+    time.sleep(0.3)
+    with open(saved_path, "w") as saved:
+        saved.write("saved")
+    os._exit(0)
+os.close(gone_r)
+signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+print("ready", flush=True)
+signal.pause()
+"""
+
+
+async def start_leader(saved: Path, *extra: str) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LEADER_WITH_HELPER,
+        str(saved),
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    assert await asyncio.wait_for(proc.stdout.readline(), timeout=10) == b"ready\n"
+    return proc
 
 
 class TestMinimalEnv:
@@ -38,3 +79,23 @@ class TestLineTail:
         tail = LineTail()
         tail.feed(b"\n\r\n  \nbad \xff byte\r\n")
         assert tail.lines() == ["bad \\xff byte"]
+
+
+class TestStopProcess:
+    @pytest.mark.timeout(30)
+    async def test_helpers_finish_after_their_leader(self, tmp_path: Path) -> None:
+        """A helper still saving its work when the leader exits is not killed mid-way."""
+        saved = tmp_path / "saved"
+        proc = await start_leader(saved)
+        await stop_process(proc, grace_s=10)
+        assert saved.read_text() == "saved"
+        assert live_group_members(proc.pid) == []
+
+    @pytest.mark.timeout(30)
+    async def test_a_helper_that_never_ends_is_killed_after_the_grace(self, tmp_path: Path) -> None:
+        """The wait for helpers is bounded: what is left at the end of the grace is killed."""
+        proc = await start_leader(tmp_path / "saved", "--stubborn")
+        assert len(live_group_members(proc.pid)) == 2
+        await stop_process(proc, grace_s=0.5)
+        assert proc.returncode == 0  # the leader wound down by itself
+        assert live_group_members(proc.pid) == []

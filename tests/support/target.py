@@ -74,7 +74,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _wait_none_left(find: Callable[[], list[int]], what: str, timeout_s: float) -> None:
+def wait_none_left(find: Callable[[], list[int]], what: str, timeout_s: float) -> None:
     """Poll `find` until it finds no process; fail naming `what` and the pids after the timeout."""
     deadline = time.monotonic() + timeout_s
     while find():
@@ -289,7 +289,7 @@ class TargetHost:
 
     def wait_no_sessions(self, timeout_s: float = 10.0) -> None:
         """Wait until no connection is served any more (every session ended or was dropped)."""
-        _wait_none_left(self.session_pids, "sshd sessions", timeout_s)
+        wait_none_left(self.session_pids, "sshd sessions", timeout_s)
 
     def processes_inside(self) -> list[int]:
         """Every process in the target's network namespace but the sshd listener: sessions and
@@ -310,7 +310,7 @@ class TargetHost:
     def wait_quiet(self, timeout_s: float = 10.0) -> None:
         """Wait until the target runs nothing for us any more: no session and no remote command
         (rsync's server side still saves its partial file after its session has closed)."""
-        _wait_none_left(self.processes_inside, "processes on the target", timeout_s)
+        wait_none_left(self.processes_inside, "processes on the target", timeout_s)
 
     def kill_sessions(self, *, include_commands: bool = False) -> int:
         """Drop every established connection at once, as a target that goes away would.

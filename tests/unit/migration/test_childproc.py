@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from smsagent.migration.childproc import LineTail, live_group_members, minimal_env, stop_process
+from tests.support.target import wait_none_left
 
 # A group leader like rsync's: on SIGTERM it exits without waiting for its helper. The helper
 # learns that its leader is gone (its pipe ends), then takes a while to save its work, as
@@ -82,15 +82,6 @@ class TestLineTail:
         assert tail.lines() == ["bad \\xff byte"]
 
 
-async def group_gone(pgid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while live_group_members(pgid):
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
-
-
 class TestStopProcess:
     @pytest.mark.timeout(30)
     async def test_helpers_finish_after_their_leader(self, tmp_path: Path) -> None:
@@ -109,4 +100,4 @@ class TestStopProcess:
         await stop_process(proc, grace_s=0.5)
         assert proc.returncode == 0  # the leader wound down by itself
         # SIGKILL is delivered, not awaited: the helper dies a moment after the stop returns.
-        assert await group_gone(proc.pid, timeout_s=10)
+        wait_none_left(lambda: live_group_members(proc.pid), "the helper", timeout_s=10)

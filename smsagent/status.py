@@ -22,6 +22,7 @@ from typing import Any, Final, Optional
 
 from dotenv import dotenv_values
 
+from smsagent.agent.health import read_health
 from smsagent.agent.store import AGENT, CONNECTION, TASK, Document, Record, Store
 from smsagent.config import DEFAULT_ENV_FILE
 
@@ -94,6 +95,7 @@ def collect(state_dir: Path) -> dict[str, Any]:
     """Everything `status` shows, as plain JSON values."""
     store = Store(state_dir)
     agent, connection, task = (_load(store, doc) for doc in (AGENT, CONNECTION, TASK))
+    health = read_health(state_dir) or {}
     report: dict[str, Any] = {
         "state_dir": str(state_dir),
         "state_dir_readable": state_dir.is_dir() and os.access(state_dir, os.R_OK | os.X_OK),
@@ -106,6 +108,9 @@ def collect(state_dir: Path) -> dict[str, Any]:
         "consecutive_errors": getattr(connection, "consecutive_errors", 0),
         "task": None,
         "outbox_depth": outbox_depth(state_dir),
+        "fault": health.get("fault"),
+        "fault_since": health.get("fault_since"),
+        "agent_pid": health.get("pid"),
         "unit": unit_state(),
     }
     if task is not None:
@@ -133,6 +138,14 @@ def _when(epoch_s: Optional[float], now_s: float) -> str:
     return f"{stamp} ({max(now_s - epoch_s, 0):.0f} s ago)"
 
 
+def _fault(report: Mapping[str, Any], now_s: float) -> str:
+    fault = report.get("fault")
+    if not fault:
+        return "none"
+    since = report.get("fault_since")
+    return f"{fault} (since {_when(since, now_s)})" if isinstance(since, float) else str(fault)
+
+
 def render(report: Mapping[str, Any], now_s: float) -> str:
     """The report as aligned `name: value` lines for a terminal."""
     connection = "ok" if not report["consecutive_errors"] else "failing"
@@ -143,6 +156,7 @@ def render(report: Mapping[str, Any], now_s: float) -> str:
         ("connection", connection),
         ("last good poll", _when(report["last_ok_at"], now_s)),
         ("last error", report["last_error"] or "none"),
+        ("fault", _fault(report, now_s)),
     ]
     task = report["task"]
     if task is None:

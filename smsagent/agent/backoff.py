@@ -13,6 +13,9 @@ makes every schedule reproducible.
   asking for longer gets the cap, since a longer silence shows the agent as disconnected).
 - A refusal (403) or an unexpected failure waits near the cap: in [0.8 cap, cap], never under
   the one-second floor.
+- Whatever the schedule says and whatever wakes the loop early, two polls start at least
+  `MIN_POLL_GAP_S` apart (the poller enforces it; tests may pass a shorter gap in code, an
+  operator cannot set one).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import ClassVar, Final, Optional
 from smsagent.api.errors import ErrorAction, SmsError
 
 JITTER: Final = 0.2
+MIN_POLL_GAP_S: Final = 1.0
 MIN_ERROR_DELAY_S: Final = 1.0
 AT_CAP_LOW: Final = 0.8
 

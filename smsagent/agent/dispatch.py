@@ -1,12 +1,15 @@
-"""Runs what the machine decided: migration work in the work slot, other commands in order.
+"""Runs what the ledger accepted: migration work in the work slot, other commands in order.
 
 Work (START, resume, sync, PREMIGRATE) runs in its own asyncio task so the poll loop keeps
 polling; command handlers (STOP, SKIP, DELETE, the TASK_* notices) run one at a time, in the
-order they were decided, in a runner task of their own, because a STOP waits for the work to
-wind down. However a handler ends, its outcome is settled the same way: the result goes to the
-outbox first, then the state it leads to is saved, then the poll loop is woken to deliver it; a
-restart finishes a settle that a crash cut short between the two. Work that a command stopped
-settles nothing itself: the task stays `stopping` until that command's handler settles it.
+order they were accepted, in a runner task of their own, because a STOP waits for the work to
+wind down. However a handler ends, the ledger settles its outcome and the poll loop is woken
+to deliver the result. Work that a command stopped settles nothing itself: the task stays
+`stopping` until that command's handler settles it.
+
+The dispatcher writes no state. A failure of its own machinery (not of a handler, which
+`invoke` turns into a `fail` result) is handed to `on_crash`, which ends the agent with a
+non-zero status: a live process that no longer acts on commands is worse than a restart.
 """
 
 from __future__ import annotations
@@ -14,34 +17,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
-from typing import Callable, Final, Optional, Union
+from typing import Any, Callable, Final, Optional, Union
 
 import structlog
-from pydantic import JsonValue
 
-from smsagent.agent.copystate import copy_state_for
-from smsagent.agent.handlers import (
-    SETTLED_STATES,
+from smsagent.agent.handler_api import (
     CommandEnvelope,
     HandlerContext,
     HandlerOutcome,
-    HandlerRegistry,
-    apply_outcome,
-    invoke,
 )
-from smsagent.agent.machine import WORK_ACTIONS, Action, Decision, State, is_active, recover
-from smsagent.agent.outbox import Outbox, ResultKey, result_body
+from smsagent.agent.handlers import HandlerRegistry, invoke
+from smsagent.agent.ledger import Ledger
+from smsagent.agent.machine import WORK_ACTIONS, Action, State
 from smsagent.agent.progress import TaskProgress
-from smsagent.agent.store import TASK, Store, TaskRecord
 from smsagent.agent.work import CancelReason, CancelToken, StopResult, WorkSlot
 from smsagent.api.client import SmsClient
-from smsagent.api.enums import CommandName, CommandResult
+from smsagent.api.enums import CommandResult
 from smsagent.api.errors import ErrorAction, SmsError
-from smsagent.api.models import PutCopyStateReq, Task
 from smsagent.config import Settings
 from smsagent.log import task_context
+from smsagent.waits import wait_any
 
 log = structlog.get_logger(__name__)
 
@@ -50,42 +47,53 @@ ERROR_TASK_UNREADABLE: Final = "SMSAGENT.TASK_UNREADABLE"
 ERROR_WORK_BUSY: Final = "SMSAGENT.WORK_BUSY"
 TASK_FETCH_MAX_DELAY_S: Final = 60.0
 
+CrashHandler = Callable[[str, BaseException], None]
+
 
 @dataclass(frozen=True)
 class AgentParts:
     """The seams the poll loop and the dispatcher share."""
 
     client: SmsClient
-    store: Store
-    outbox: Outbox
+    ledger: Ledger
     registry: HandlerRegistry
     settings: Settings
     clock: Callable[[], float] = time.time
 
 
+def _log_crash(name: str, exc: BaseException) -> None:
+    log.error("component_crashed", component=name, error=f"{type(exc).__name__}: {exc}")
+
+
 class Dispatcher:
-    """Carries out decisions; built outside the loop, `open()`ed inside it.
+    """Runs accepted commands; built outside the loop, `open()`ed inside it.
 
     Args:
         parts: the shared seams.
         server_id: the current source-server id (it can change on re-registration).
+        on_crash: told when the runner or a piece of work fails outside its handler.
     """
 
-    def __init__(self, parts: AgentParts, server_id: Callable[[], Optional[str]]) -> None:
+    def __init__(
+        self,
+        parts: AgentParts,
+        server_id: Callable[[], Optional[str]],
+        on_crash: CrashHandler = _log_crash,
+    ) -> None:
         self._parts = parts
         self._server_id = server_id
+        self._on_crash = on_crash
         self._slot: WorkSlot[None] = WorkSlot()
         self._queue: Optional[asyncio.Queue[CommandEnvelope]] = None
         self._runner: Optional[asyncio.Task[None]] = None
         self._running_command = False
         self._wake: Optional[asyncio.Event] = None
-        self._copy_state_sent: Optional[PutCopyStateReq] = None
 
     async def open(self) -> None:
         """Start the command runner; call from inside the event loop."""
         self._queue = asyncio.Queue()
         self._wake = asyncio.Event()
-        self._runner = asyncio.ensure_future(self._run_commands(self._queue))
+        self._runner = self._supervised(self._run_commands(self._queue), "command_runner")
 
     @property
     def wake(self) -> asyncio.Event:
@@ -100,7 +108,7 @@ class Dispatcher:
         return self._slot.busy or self._running_command or queued
 
     def dispatch(self, envelope: CommandEnvelope) -> None:
-        """Start work or queue a command handler for a decided command."""
+        """Start work or queue a command handler for an accepted command."""
         if envelope.action is Action.none:
             return
         if envelope.action in WORK_ACTIONS:
@@ -108,68 +116,6 @@ class Dispatcher:
             return
         assert self._queue is not None, "open() first"
         self._queue.put_nowait(envelope)
-
-    def resume_after_restart(self) -> None:
-        """Continue what the persisted task says was under way when the agent stopped."""
-        record = self._parts.store.load(TASK).value
-        if record is None or self._finish_interrupted_settle(record):
-            return
-        decision = recover(record.state, record.command)
-        command = record.command or CommandName.START
-        if decision.next_state is not record.state or decision.result is not None:
-            envelope = CommandEnvelope(command, decision.action, record.command_seq, record.task_id)
-            outcome = HandlerOutcome(
-                decision.result, decision.next_state, decision.error_code, decision.message
-            )
-            self._settle(envelope, outcome)
-        if decision.action in WORK_ACTIONS:
-            log.info("task_resumed", task_id=record.task_id, state=record.state.value)
-            self._start_work(
-                CommandEnvelope(
-                    command, decision.action, record.command_seq, record.task_id, record.task_type
-                )
-            )
-
-    def _finish_interrupted_settle(self, record: TaskRecord) -> bool:
-        """Save the state a settle cut short by a crash led to; True if there was one.
-
-        `_settle` queues the result before it saves the state, so a task still active whose
-        current command already has a result queued had ended: resuming it would run a
-        finished step again. The queued result names the state it settled in.
-        """
-        if not is_active(record.state) or record.command is None:
-            return False
-        key = ResultKey(record.task_id, record.command, record.command_seq).text
-        detail = next(
-            (entry.result_detail for entry in self._parts.outbox.pending() if entry.key == key),
-            {},
-        )
-        state = _text(detail, "state")
-        if state not in {settled.value for settled in SETTLED_STATES}:
-            return False
-        settled = record.settle(
-            State(state),
-            self._parts.clock(),
-            error_code=_text(detail, "error_code"),
-            message=_text(detail, "message"),
-        )
-        self._parts.store.save(TASK, settled)
-        log.info("task_settled_at_restart", task_id=record.task_id, state=state, result_key=key)
-        return True
-
-    async def sync_copy_state(self) -> None:
-        """Tell SMS the source state that matches the task, if it changed since last told."""
-        wanted = copy_state_for(self._parts.store.load(TASK).value)
-        server_id = self._server_id()
-        if wanted is None or wanted == self._copy_state_sent or server_id is None:
-            return
-        try:
-            await self._parts.client.update_copy_state(server_id, wanted)
-        except SmsError as exc:
-            log.warning("copy_state_failed", copystate=wanted.copystate.value, error=str(exc))
-            return
-        self._copy_state_sent = wanted
-        log.info("copy_state_sent", copystate=wanted.copystate.value)
 
     async def close(self, grace_s: float) -> StopResult:
         """Stop for shutdown: work gets `grace_s` to reach a checkpoint, then is cancelled."""
@@ -180,6 +126,18 @@ class Dispatcher:
                 await self._runner
         return ended
 
+    def _supervised(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        task.add_done_callback(lambda done: self._reap(done, name))
+        return task
+
+    def _reap(self, task: asyncio.Future[None], name: str) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._on_crash(name, exc)
+
     def _start_work(self, envelope: CommandEnvelope) -> None:
         if envelope.task_id is None:
             return
@@ -187,9 +145,10 @@ class Dispatcher:
             outcome = HandlerOutcome.failure(
                 ERROR_WORK_BUSY, f"work for task {self._slot.task_id} is still running"
             )
-            self._settle(envelope, outcome)
+            self._supervised(self._settle(envelope, outcome), "settle")
             return
-        self._slot.start(envelope.task_id, lambda token: self._run_work(envelope, token))
+        task = self._slot.start(envelope.task_id, lambda token: self._run_work(envelope, token))
+        task.add_done_callback(lambda done: self._reap(done, "work"))
 
     async def _run_work(self, envelope: CommandEnvelope, token: CancelToken) -> None:
         assert envelope.task_id is not None
@@ -205,35 +164,30 @@ class Dispatcher:
                     outcome = await invoke(handler, ctx, prepared)
             finally:
                 await progress.close()
-            self._settle(envelope, _left_to_the_stopping_command(outcome, token))
+            await self._settle(envelope, _left_to_the_stopping_command(outcome, token))
             if _continues_syncing(envelope, prepared, outcome):
                 # Runs once this work's task has ended and the slot is free again.
-                asyncio.get_running_loop().call_soon(self._start_continuous_sync, envelope)
+                asyncio.get_running_loop().call_soon(self._continue_syncing, envelope)
 
-    def _start_continuous_sync(self, after: CommandEnvelope) -> None:
+    def _continue_syncing(self, after: CommandEnvelope) -> None:
+        self._supervised(self._start_continuous_sync(after), "continuous_sync")
+
+    async def _start_continuous_sync(self, after: CommandEnvelope) -> None:
         """After the full copy of a task with `syncing`, start its repeating sync passes."""
-        record = _record_of(self._parts.store, after.task_id)
-        if record is None or record.state is not State.replicated or self._slot.busy:
+        if self._slot.busy:
             return
-        record = record.apply(
-            Decision(State.running, Action.sync_task), after.command, self._parts.clock()
-        )
-        self._parts.store.save(TASK, record)
-        log.info("continuous_sync_started", task_id=record.task_id)
-        self._start_work(
-            CommandEnvelope(
-                after.command,
-                Action.sync_task,
-                record.command_seq,
-                record.task_id,
-                record.task_type,
-            )
-        )
+        envelope = await self._parts.ledger.begin_continuous_sync(after)
+        if envelope is not None and not self._slot.busy:
+            self._start_work(envelope)
 
     async def _with_task(
         self, envelope: CommandEnvelope, token: CancelToken
     ) -> Union[CommandEnvelope, HandlerOutcome]:
-        """The envelope with the task as SMS describes it, or how trying to read it ended."""
+        """The envelope with the task as SMS describes it, or how trying to read it ended.
+
+        A task that cannot be read for a reason worth retrying is tried again with backoff,
+        like any failing call; one that cannot be read for good fails the task.
+        """
         assert envelope.task_id is not None
         attempt = 0
         while True:
@@ -246,16 +200,16 @@ class Dispatcher:
                 attempt += 1
                 log.warning("task_fetch_failed", error=str(exc), attempt=attempt)
                 delay_s = min(2.0**attempt, TASK_FETCH_MAX_DELAY_S)
-                if await _cancelled_within(token, delay_s):
+                if await wait_any(token, timeout_s=delay_s):
                     return _cancelled_outcome(token)
                 continue
-            self._remember_type(envelope.task_id, task)
+            await self._remember_type(envelope.task_id, task.type)
             return replace(envelope, task=task, task_type=task.type or envelope.task_type)
 
-    def _remember_type(self, task_id: str, task: Task) -> None:
-        record = self._parts.store.load(TASK).value
-        if record is not None and record.task_id == task_id and record.task_type != task.type:
-            self._parts.store.save(TASK, record.model_copy(update={"task_type": task.type}))
+    async def _remember_type(self, task_id: str, task_type: Optional[str]) -> None:
+        if task_type is not None:
+            change = {"task_type": task_type}
+            await self._parts.ledger.update(task_id, lambda r: r.model_copy(update=change))
 
     async def _run_commands(self, queue: asyncio.Queue[CommandEnvelope]) -> None:
         while True:
@@ -273,14 +227,19 @@ class Dispatcher:
             ctx = self._context(envelope, CancelToken(), progress)
             outcome = await invoke(handler, ctx, envelope)
             await progress.close()
-            self._settle(envelope, outcome)
+            await self._settle(envelope, outcome)
+
+    async def _settle(self, envelope: CommandEnvelope, outcome: HandlerOutcome) -> None:
+        await self._parts.ledger.settle(envelope, outcome)
+        if self._wake is not None:
+            self._wake.set()
 
     def _context(
         self, envelope: CommandEnvelope, token: CancelToken, progress: TaskProgress
     ) -> HandlerContext:
         return HandlerContext(
             client=self._parts.client,
-            store=self._parts.store,
+            tasks=self._parts.ledger,
             settings=self._parts.settings,
             progress=progress,
             cancel=token,
@@ -293,60 +252,6 @@ class Dispatcher:
 
     def _progress(self, task_id: str) -> TaskProgress:
         return TaskProgress(self._parts.client, task_id, self._parts.settings.progress_interval)
-
-    def _settle(self, envelope: CommandEnvelope, outcome: HandlerOutcome) -> None:
-        """Owe the result (outbox first), then save the state it leads to, then wake the loop."""
-        if outcome.result is not None:
-            self._owe(envelope, outcome)
-        apply_outcome(self._parts.store, envelope.task_id, outcome, self._parts.clock())
-        log.info(
-            "command_settled",
-            command=envelope.command.value,
-            task_id=envelope.task_id,
-            result=None if outcome.result is None else outcome.result.value,
-            state=None if outcome.next_state is None else outcome.next_state.value,
-            error_code=outcome.error_code,
-            message=outcome.message or None,
-        )
-        if self._wake is not None:
-            self._wake.set()
-
-    def _owe(self, envelope: CommandEnvelope, outcome: HandlerOutcome) -> None:
-        assert outcome.result is not None
-        record = _record_of(self._parts.store, envelope.task_id)
-        state = outcome.next_state or (record.state if record is not None else None)
-        body = result_body(
-            envelope.command,
-            outcome.result,
-            task_id=envelope.task_id,
-            state=state,
-            stage=record.stage if record is not None else None,
-            error_code=outcome.error_code,
-            message=outcome.message,
-            extra=outcome.detail,
-        )
-        self._parts.outbox.enqueue(envelope.result_key, body)
-
-
-def owe_now(
-    parts: AgentParts,
-    key: ResultKey,
-    result: CommandResult,
-    *,
-    state: Optional[State],
-    error_code: Optional[str],
-    message: str,
-) -> None:
-    """Put a result the machine answered by itself into the outbox."""
-    body = result_body(
-        key.command,
-        result,
-        task_id=key.task_id,
-        state=state,
-        error_code=error_code,
-        message=message,
-    )
-    parts.outbox.enqueue(key, body)
 
 
 def _continues_syncing(
@@ -363,18 +268,6 @@ def _continues_syncing(
         and outcome.result is CommandResult.success
         and outcome.next_state is State.replicated
     )
-
-
-def _text(detail: Mapping[str, JsonValue], name: str) -> Optional[str]:
-    value = detail.get(name)
-    return value if isinstance(value, str) else None
-
-
-def _record_of(store: Store, task_id: Optional[str]) -> Optional[TaskRecord]:
-    record = store.load(TASK).value
-    if record is None or record.task_id != task_id:
-        return None
-    return record
 
 
 def _fetch_failure(task_id: str, exc: SmsError) -> Optional[HandlerOutcome]:
@@ -399,17 +292,6 @@ def _left_to_the_stopping_command(outcome: HandlerOutcome, token: CancelToken) -
     if token.reason is CancelReason.command and outcome.result is None:
         return replace(outcome, next_state=None)
     return outcome
-
-
-async def _cancelled_within(token: CancelToken, delay_s: float) -> bool:
-    # `asyncio.wait`, not `wait_for`: before 3.12 `wait_for` can swallow a cancel that arrives
-    # just as the token is set, which would leave a shutdown waiting here.
-    waiter = asyncio.ensure_future(token.wait())
-    try:
-        done, _ = await asyncio.wait({waiter}, timeout=delay_s)
-    finally:
-        waiter.cancel()
-    return bool(done)
 
 
 def _cancelled_outcome(token: CancelToken) -> HandlerOutcome:

@@ -1,13 +1,15 @@
 """What a handler sees: the `Handler` protocol, the `CommandEnvelope` it is given, the
 `HandlerContext` it works through and the `HandlerOutcome` it returns.
 
-Plugin authors import these names from `smsagent.agent.handlers`, which re-exports them.
+Plugins import from this module only. A handler never writes the state directory itself: it
+changes its task's record through `HandlerContext.update_task`, which the agent's ledger
+persists before the call returns.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Final, Optional, Protocol
 
@@ -16,7 +18,7 @@ from structlog.typing import FilteringBoundLogger
 
 from smsagent.agent.machine import Action, State
 from smsagent.agent.outbox import ResultKey
-from smsagent.agent.store import TASK, Store, TaskRecord
+from smsagent.agent.store import TaskRecord
 from smsagent.agent.work import CancelToken, WorkControl
 from smsagent.api.client import SmsClient
 from smsagent.api.enums import CommandName, CommandResult, SubtaskName
@@ -41,6 +43,7 @@ class CommandEnvelope:
         task_type: the task's type (`MIGRATE_FILE`, a plugin's type), if known.
         task: the task as `GET /v3/tasks/{id}` returned it, for work commands.
         bucket: `command_param.bucket` (log upload).
+        fingerprint: identifies the offer the command came in (repeats of it are recognised).
     """
 
     command: CommandName
@@ -50,6 +53,7 @@ class CommandEnvelope:
     task_type: Optional[str] = None
     task: Optional[Task] = None
     bucket: Optional[str] = None
+    fingerprint: Optional[str] = None
 
     @property
     def result_key(self) -> ResultKey:
@@ -124,13 +128,28 @@ class ProgressReporter(Protocol):
         every `progress_interval`, latest wins."""
 
 
+class TaskLedger(Protocol):
+    """The task state a handler may read and change (the agent's ledger, the only writer)."""
+
+    def record_of(self, task_id: Optional[str]) -> Optional[TaskRecord]:
+        """The task record if it is `task_id`'s."""
+
+    def update(
+        self, task_id: Optional[str], change: Callable[[TaskRecord], TaskRecord]
+    ) -> Awaitable[Optional[TaskRecord]]:
+        """Apply `change` to `task_id`'s record and persist it; None if it is not held."""
+
+    def forget(self, task_id: Optional[str]) -> Awaitable[bool]:
+        """Remove `task_id`'s record; False if another (or none) is held."""
+
+
 @dataclass(frozen=True)
 class HandlerContext:
     """Everything a handler may use; a handler talks to the world only through these.
 
     Attributes:
         client: the SMS API.
-        store: the state directory.
+        tasks: the task state (read, change, forget).
         settings: the agent's settings.
         progress: progress reporting for the task.
         cancel: asks the handler to stop (by command or for shutdown) at its checkpoints.
@@ -142,7 +161,7 @@ class HandlerContext:
     """
 
     client: SmsClient
-    store: Store
+    tasks: TaskLedger
     settings: Settings
     progress: ProgressReporter
     cancel: CancelToken
@@ -153,20 +172,16 @@ class HandlerContext:
     clock: Callable[[], float] = time.time
 
     def task_record(self) -> Optional[TaskRecord]:
-        """The stored record of this handler's task, or None if the store holds another."""
-        record = self.store.load(TASK).value
-        if record is None or record.task_id != self.task_id:
-            return None
-        return record
+        """The record of this handler's task, or None if the agent holds another."""
+        return self.tasks.record_of(self.task_id)
 
-    def update_task(self, change: Callable[[TaskRecord], TaskRecord]) -> Optional[TaskRecord]:
-        """Apply `change` to this handler's task record and save it; None if it is gone."""
-        record = self.task_record()
-        if record is None:
-            return None
-        updated = change(record)
-        self.store.save(TASK, updated)
-        return updated
+    async def update_task(self, change: Callable[[TaskRecord], TaskRecord]) -> Optional[TaskRecord]:
+        """Apply `change` to this handler's task record and persist it; None if it is gone."""
+        return await self.tasks.update(self.task_id, change)
+
+    async def forget_task(self) -> bool:
+        """Remove this handler's task record (DELETE); False if the agent holds another."""
+        return await self.tasks.forget(self.task_id)
 
 
 class Handler(Protocol):

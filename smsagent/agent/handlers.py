@@ -28,7 +28,6 @@ from smsagent.agent.handler_api import (
     ProgressReporter,
 )
 from smsagent.agent.machine import WORK_ACTIONS, Action, State
-from smsagent.agent.store import TASK, Store, TaskRecord
 from smsagent.agent.work import CancelReason, WorkCancelled
 from smsagent.api.enums import CommandName
 from smsagent.log import scrub
@@ -48,7 +47,6 @@ __all__ = [
     "HandlerOutcome",
     "HandlerRegistry",
     "ProgressReporter",
-    "apply_outcome",
     "invoke",
     "no_handler_outcome",
 ]
@@ -371,23 +369,3 @@ async def invoke(
             ERROR_HANDLER_FAILED, message, next_state=_state_after_crash(envelope)
         )
     return outcome
-
-
-def apply_outcome(
-    store: Store, task_id: Optional[str], outcome: HandlerOutcome, now_s: float
-) -> Optional[TaskRecord]:
-    """Persist the state `outcome` settles in, if the store still holds `task_id`'s record.
-
-    Returns the saved record; None when nothing changed (no state in the outcome, or the
-    record is gone or belongs to another task, e.g. after DELETE).
-    """
-    if outcome.next_state is None:
-        return None
-    record = store.load(TASK).value
-    if record is None or record.task_id != task_id:
-        return None
-    settled = record.settle(
-        outcome.next_state, now_s, error_code=outcome.error_code, message=outcome.message or None
-    )
-    store.save(TASK, settled)
-    return settled

@@ -1,15 +1,21 @@
 """Durable, ordered, exactly-once-from-our-side delivery of command results.
 
 A result is written to `outbox/` (one file per entry, named by its position) before it is
-sent, and leaves only after the server accepted it. Each entry has a key (task id, command,
-command sequence); enqueueing a key that is pending or was delivered recently keeps the one
-there is, so a command the server repeats is answered once. Failed sends are retried with the
-backoff schedule; the attempt count and the next attempt time are stored in the entry, so a
+sent, and leaves only after the server accepted it (a 2xx). Each entry has a key (task id,
+command, command sequence); enqueueing a key that is pending or was delivered recently keeps
+the one there is, so a command the server repeats is answered once. Failed sends are retried
+with the backoff schedule; the attempt count and the last delay are stored in the entry, so a
 restart neither hammers the server nor forgets to retry.
+
+Time here is monotonic: an entry ages only while an agent runs and tries to deliver it, and it
+is given up only when it is both old (`max_age_s` of trying) and has been tried many times, so
+neither a step of the wall clock nor a long power-off drops a result. Files are written off
+the event loop; the in-memory queue changes only on the loop, after its file did.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Mapping
@@ -65,9 +71,10 @@ class OutboxEntry(Record):
     command_name: CommandName
     result: CommandResult
     result_detail: dict[str, JsonValue] = Field(default_factory=dict)
-    created_at: float
+    created_at: float = Field(description="wall-clock seconds when owed, for people only")
     attempts: int = Field(default=0, ge=0)
-    next_attempt_at: float = 0.0
+    age_s: float = Field(default=0.0, ge=0.0, description="seconds owed while an agent ran")
+    retry_delay_s: float = Field(default=0.0, ge=0.0, description="wait after the last failure")
     last_error: Optional[str] = None
 
     def body(self) -> CommandBody:
@@ -135,10 +142,12 @@ class Outbox:
     Args:
         store: the state directory (quarantine goes to its `corrupt/`).
         backoff_cap_s: longest wait between attempts of one entry.
-        max_age_s: an entry older than this is dropped (to `outbox/rejected/`) unsent.
+        max_age_s: an entry owed this long (monotonic, while an agent ran) and tried at least
+            `min_attempts` times is dropped (to `outbox/rejected/`) unsent.
+        min_attempts: how often an entry is tried before it may be dropped.
         remember: how many delivered keys are kept to recognise a repeat.
         rng: jitter source for retry delays.
-        clock: wall-clock seconds (stored, so waits survive a restart).
+        clock: monotonic seconds.
     """
 
     def __init__(
@@ -147,34 +156,46 @@ class Outbox:
         *,
         backoff_cap_s: float = 300.0,
         max_age_s: float = 2 * 86400.0,
+        min_attempts: int = 20,
         remember: int = 256,
         rng: Optional[random.Random] = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self.directory: Final = store.outbox_dir
         self._backoff_cap_s = backoff_cap_s
         self._max_age_s = max_age_s
+        self._min_attempts = min_attempts
         self._remember = remember
         self._rng = rng or random.Random()
         self._clock = clock
         self._entries: dict[str, OutboxEntry] = {}
+        # Monotonic bookkeeping of this run: since when each entry's age was last counted, and
+        # when it is due again.
+        self._counted_at: dict[str, float] = {}
+        self._due_at: dict[str, float] = {}
         self._delivered: list[str] = []
         self._last_position = 0
 
     def open(self) -> list[Path]:
-        """Load the queue from disk; returns where unreadable entries were quarantined."""
+        """Load the queue from disk; returns where unreadable entries were quarantined.
+
+        An entry that failed before the restart waits its last delay again, from now.
+        """
         ensure_private_directory(self.directory)
         for leftover in self.directory.glob(".*.tmp"):
             leftover.unlink()
         quarantined: list[Path] = []
         self._delivered = self._load_delivered(quarantined)
+        now_s = self._clock()
         for path in sorted(self.directory.glob("*.json")):
             if path.name == DELIVERED_FILE:
                 continue
             entry = self._load_entry(path, quarantined)
             if entry is not None:
                 self._entries[entry.key] = entry
+                self._counted_at[entry.key] = now_s
+                self._due_at[entry.key] = now_s + entry.retry_delay_s
                 self._last_position = max(self._last_position, entry.position)
         return quarantined
 
@@ -209,8 +230,16 @@ class Outbox:
         """The waiting entries, oldest first."""
         return sorted(self._entries.values(), key=lambda entry: entry.position)
 
-    def enqueue(self, key: ResultKey, body: CommandBody) -> bool:
-        """Persist a result for delivery; False (and nothing written) if the key is known."""
+    def has_pending(self, prefix: str) -> bool:
+        """Whether a waiting entry's key starts with `prefix`."""
+        return any(key.startswith(prefix) for key in self._entries)
+
+    async def enqueue(self, key: ResultKey, body: CommandBody) -> bool:
+        """Persist a result for delivery; False (and nothing written) if the key is known.
+
+        Raises:
+            OSError: the entry could not be written; nothing is queued.
+        """
         if self.knows(key):
             log.debug("result_already_queued", result_key=key.text)
             return False
@@ -221,11 +250,12 @@ class Outbox:
             command_name=body.command_name,
             result=body.result,
             result_detail=detail,
-            created_at=self._clock(),
+            created_at=time.time(),
         )
-        self._write(entry)
+        await asyncio.to_thread(self._write, entry)
         self._last_position = entry.position
         self._entries[entry.key] = entry
+        self._counted_at[entry.key] = self._due_at[entry.key] = self._clock()
         log.info("result_queued", result_key=key.text, result=body.result.value)
         return True
 
@@ -240,36 +270,51 @@ class Outbox:
         Args:
             send: posts one body; returning means the server accepted it (2xx).
             is_permanent: whether a send error can never succeed; such an entry is dropped.
+
+        Raises:
+            OSError: the outcome of a send could not be recorded (the entry stays owed).
         """
         sent = dropped = 0
         for entry in self.pending():
             if entry.key in self._delivered:
-                self._remove(entry)
+                await asyncio.to_thread(self._remove_file, entry)
+                self._forget(entry)
                 continue
             now_s = self._clock()
-            if now_s - entry.created_at > self._max_age_s:
-                self._drop(entry, "expired before the server accepted it")
+            entry = self._aged(entry, now_s)
+            if self._expired(entry):
+                await self._drop(entry, "owed too long without the server accepting it")
                 dropped += 1
                 continue
-            if now_s < entry.next_attempt_at:
-                return DeliveryReport(
-                    sent, dropped, len(self._entries), entry.next_attempt_at - now_s
-                )
+            due_at = self._due_at.get(entry.key, now_s)
+            if now_s < due_at:
+                return DeliveryReport(sent, dropped, len(self._entries), due_at - now_s)
             try:
                 await send(entry.body())
             # Any failure to send leaves the result owed; only its classification differs.
             except Exception as exc:
                 if is_permanent(exc):
-                    self._drop(entry, str(exc))
+                    await self._drop(entry, str(exc))
                     dropped += 1
                     continue
-                retry_in_s = self._postpone(entry, exc, now_s)
+                retry_in_s = await self._postpone(entry, exc)
                 return DeliveryReport(sent, dropped, len(self._entries), retry_in_s)
-            self._mark_delivered(entry)
+            await self._mark_delivered(entry)
             sent += 1
         return DeliveryReport(sent, dropped, len(self._entries), None)
 
-    def _postpone(self, entry: OutboxEntry, exc: Exception, now_s: float) -> float:
+    def _aged(self, entry: OutboxEntry, now_s: float) -> OutboxEntry:
+        """`entry` with the time since its age was last counted added (in memory)."""
+        counted_at = self._counted_at.get(entry.key, now_s)
+        self._counted_at[entry.key] = now_s
+        aged = entry.model_copy(update={"age_s": entry.age_s + max(now_s - counted_at, 0.0)})
+        self._entries[entry.key] = aged
+        return aged
+
+    def _expired(self, entry: OutboxEntry) -> bool:
+        return entry.age_s > self._max_age_s and entry.attempts >= self._min_attempts
+
+    async def _postpone(self, entry: OutboxEntry, exc: Exception) -> float:
         attempts = entry.attempts + 1
         retry_after_s = exc.retry_after_s if isinstance(exc, SmsError) else None
         delay_s = honour_retry_after(
@@ -278,14 +323,10 @@ class Outbox:
             self._backoff_cap_s,
         )
         updated = entry.model_copy(
-            update={
-                "attempts": attempts,
-                "next_attempt_at": now_s + delay_s,
-                "last_error": str(exc),
-            }
+            update={"attempts": attempts, "retry_delay_s": delay_s, "last_error": str(exc)}
         )
-        self._write(updated)
         self._entries[entry.key] = updated
+        self._due_at[entry.key] = self._clock() + delay_s
         log.warning(
             "result_send_failed",
             result_key=entry.key,
@@ -293,29 +334,39 @@ class Outbox:
             retry_in_s=round(delay_s, 3),
             error=str(exc),
         )
+        await asyncio.to_thread(self._write, updated)
         return delay_s
 
-    def _mark_delivered(self, entry: OutboxEntry) -> None:
+    async def _mark_delivered(self, entry: OutboxEntry) -> None:
         # The key is recorded before the entry goes: a crash in between leaves an entry that
         # the next pass recognises as delivered, instead of a forgotten key.
-        self._delivered = [*self._delivered, entry.key][-self._remember :]
-        write_atomic(
-            self.directory / DELIVERED_FILE,
-            DeliveredKeys(keys=self._delivered).model_dump_json().encode("utf-8"),
-        )
-        self._remove(entry)
+        delivered = [*self._delivered, entry.key][-self._remember :]
+        document = DeliveredKeys(keys=delivered).model_dump_json().encode("utf-8")
+        await asyncio.to_thread(write_atomic, self.directory / DELIVERED_FILE, document)
+        self._delivered = delivered
+        await asyncio.to_thread(self._remove_file, entry)
+        self._forget(entry)
         log.info("result_delivered", result_key=entry.key, attempts=entry.attempts + 1)
 
-    def _drop(self, entry: OutboxEntry, reason: str) -> None:
+    async def _drop(self, entry: OutboxEntry, reason: str) -> None:
         rejected = self.directory / REJECTED_DIR
-        ensure_private_directory(rejected)
-        self._entry_path(entry).replace(rejected / self._entry_path(entry).name)
-        self._entries.pop(entry.key, None)
+        path = self._entry_path(entry)
+
+        def move() -> None:
+            ensure_private_directory(rejected)
+            path.replace(rejected / path.name)
+
+        await asyncio.to_thread(move)
+        self._forget(entry)
         log.error("result_dropped", result_key=entry.key, reason=reason, moved_to=str(rejected))
 
-    def _remove(self, entry: OutboxEntry) -> None:
-        remove_durably(self._entry_path(entry))
+    def _forget(self, entry: OutboxEntry) -> None:
         self._entries.pop(entry.key, None)
+        self._counted_at.pop(entry.key, None)
+        self._due_at.pop(entry.key, None)
+
+    def _remove_file(self, entry: OutboxEntry) -> None:
+        remove_durably(self._entry_path(entry))
 
     def _entry_path(self, entry: OutboxEntry) -> Path:
         return self.directory / f"{entry.position:0{_ENTRY_DIGITS}d}.json"

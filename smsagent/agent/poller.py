@@ -1,9 +1,11 @@
-"""The poll loop: deliver owed results, fetch the command, decide, persist, dispatch.
+"""The poll loop: deliver owed results, fetch the command, let the ledger accept it, dispatch.
 
 One iteration is `poll_once()`; the loop around it only waits (for the schedule's delay, the
-stop event, or a wake-up from settled work) and never blocks on work. Errors are classified by
-`SmsError.action` and turned into an outcome for the schedule; anything else is caught once
-here, logged with its traceback, and backed off at the cap, so one bad poll never ends the agent.
+stop event, or a wake-up from settled work) and never blocks on work. Two polls start at least
+`min_gap_s` apart, whatever woke the second, so no answer of the server and no handler that
+settles at once can make the loop spin. Errors are classified by `SmsError.action` and turned
+into an outcome for the schedule; anything else is caught once here, logged with its
+traceback, and backed off at the cap, so one bad poll never ends the agent.
 """
 
 from __future__ import annotations
@@ -17,30 +19,20 @@ from typing import Callable, Final, Optional
 
 import structlog
 
-from smsagent.agent.backoff import Outcome, Schedule
-from smsagent.agent.dispatch import AgentParts, Dispatcher, owe_now
-from smsagent.agent.handlers import CommandEnvelope
-from smsagent.agent.machine import (
-    Action,
-    Decision,
-    State,
-    UnknownCommand,
-    UnknownNames,
-    decide,
-    is_active,
-    parse_command,
-)
-from smsagent.agent.outbox import ResultKey
-from smsagent.agent.store import TASK, ConnectionTracker, TaskRecord
-from smsagent.api.enums import CommandName, CommandResult
+from smsagent.agent.backoff import MIN_POLL_GAP_S, Outcome, Schedule
+from smsagent.agent.copystate import copy_state_for
+from smsagent.agent.dispatch import AgentParts, Dispatcher
+from smsagent.agent.ledger import Received
+from smsagent.agent.machine import UnknownCommand, UnknownNames, parse_command
+from smsagent.agent.store import ConnectionTracker
 from smsagent.api.errors import ErrorAction, SmsError
-from smsagent.api.models import CommandBody, ShowCommandResponse
+from smsagent.api.models import CommandBody, PutCopyStateReq, ShowCommandResponse
 from smsagent.sdnotify import Notifier
+from smsagent.waits import wait_any
 
 log = structlog.get_logger(__name__)
 
 CLOCK_SKEW_LIMIT_S: Final = 900.0
-ERROR_NO_TASK_ID: Final = "SMSAGENT.NO_TASK_ID"
 
 
 @dataclass
@@ -67,26 +59,17 @@ class LoopHealth:
         return self.stalled_s(now_s) < limit_s
 
 
-async def wait_for_any(events: tuple[asyncio.Event, ...], timeout_s: float) -> None:
-    """Return when one of `events` is set or `timeout_s` has passed."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=max(timeout_s, 0.0), return_when="FIRST_COMPLETED")
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
 class Poller:
     """Polls for commands until stopped.
 
     Args:
         parts: the shared seams.
-        dispatcher: runs what is decided.
+        dispatcher: runs what the ledger accepted.
         identity: the server id and re-registration.
         schedule: the delay before each poll.
         connection: records poll health for `smsagent status`.
         notifier: systemd status.
+        min_gap_s: the shortest time between the starts of two polls.
     """
 
     def __init__(
@@ -97,6 +80,7 @@ class Poller:
         schedule: Schedule,
         connection: ConnectionTracker,
         notifier: Notifier,
+        min_gap_s: float = MIN_POLL_GAP_S,
     ) -> None:
         self._parts = parts
         self._dispatcher = dispatcher
@@ -104,18 +88,24 @@ class Poller:
         self._schedule = schedule
         self._connection = connection
         self._notifier = notifier
+        self._min_gap_s = min_gap_s
         self._unknown = UnknownNames()
+        self._copy_state_sent: Optional[PutCopyStateReq] = None
         self.health = LoopHealth()
 
     async def run(self, stop: asyncio.Event, max_polls: Optional[int] = None) -> None:
         """Poll until `stop` is set (or `max_polls` polls have run)."""
         delay_s = self._schedule.first_delay()
+        last_start: Optional[float] = None
         while not stop.is_set():
-            await wait_for_any((stop, self._dispatcher.wake), delay_s)
+            await wait_any(stop, self._dispatcher.wake, timeout_s=delay_s)
+            if last_start is not None:
+                # A wake-up (a settled command) comes early; the floor still holds.
+                await wait_any(stop, timeout_s=last_start + self._min_gap_s - time.monotonic())
             if stop.is_set():
                 return
             self._dispatcher.wake.clear()
-            self.health.polling_since = time.monotonic()
+            last_start = self.health.polling_since = time.monotonic()
             try:
                 outcome = await self.poll_once()
             finally:
@@ -131,20 +121,24 @@ class Poller:
         try:
             await self.deliver_results()
             response = await self._parts.client.show_command(self._identity.server_id)
-            self._connection.succeeded()
-            await self._handle(response)
-            await self._dispatcher.sync_copy_state()
+            await self._connection.succeeded()
+            await self._accept(response)
+            await self._report_copy_state()
         except SmsError as exc:
             return await self._on_error(exc)
+        except OSError as exc:  # the state directory refused a write the loop needed
+            log.error("poll_state_write_failed", error=str(exc))
+            return Outcome.error()
         except Exception as exc:  # the loop boundary: log once, back off at the cap
             log.exception("poll_crashed", error=type(exc).__name__)
-            self._connection.failed(f"unexpected {type(exc).__name__}", "unexpected")
+            await self._connection.failed(f"unexpected {type(exc).__name__}", "unexpected")
             return Outcome.unexpected
         return Outcome.ok_active if self._active() else Outcome.ok_idle
 
     async def deliver_results(self) -> None:
         """Send owed command results, oldest first, as far as the server takes them."""
-        if not self._parts.outbox.pending():
+        ledger = self._parts.ledger
+        if not ledger.owed_count():
             return
         server_id = self._identity.server_id
 
@@ -158,100 +152,45 @@ class Poller:
             await self._parts.client.update_command_result(server_id, body)
             log.info("result_sent", **about)
 
-        report = await self._parts.outbox.deliver(send)
+        report = await ledger.deliver(send)
         if report.pending:
             log.info("results_pending", pending=report.pending, retry_in_s=report.retry_in_s)
 
     def _active(self) -> bool:
-        record = self._parts.store.load(TASK).value
-        return self._dispatcher.busy or (record is not None and is_active(record.state))
+        return self._dispatcher.busy or self._parts.ledger.is_active()
 
-    async def _handle(self, response: ShowCommandResponse) -> None:
+    async def _accept(self, response: ShowCommandResponse) -> None:
         command = parse_command(response.command_name)
-        if command is None:
-            return
-        if isinstance(command, UnknownCommand):
-            if self._unknown.first_sight(command):
+        if command is None or isinstance(command, UnknownCommand):
+            if isinstance(command, UnknownCommand) and self._unknown.first_sight(command):
                 log.warning("unknown_command_ignored", name=command.name)
+            self._parts.ledger.passed_over()
             return
         param = response.command_param
-        task_id = param.task_id if param is not None and param.task_id else None
-        if self._result_pending(task_id, command):
-            return  # the same command again, before its result reached the server
-        record = self._parts.store.load(TASK).value
-        same_task = record is None or task_id is None or record.task_id == task_id
-        state = record.state if record is not None else State.idle
-        decision = decide(state, command, same_task=same_task)
-        if _is_no_op(decision, state):
-            return
-        log.info(
-            "command_decided",
-            command=command.value,
-            task_id=task_id,
-            state=state.value,
-            next_state=decision.next_state.value,
-            action=decision.action.value,
+        received = Received(
+            command,
+            task_id=param.task_id if param is not None and param.task_id else None,
+            bucket=param.bucket if param is not None else None,
         )
-        bucket = param.bucket if param is not None else None
-        self._carry_out(command, task_id, record, same_task, decision, bucket)
+        envelope = await self._parts.ledger.accept(received)
+        if envelope is not None:
+            self._dispatcher.dispatch(envelope)
 
-    def _carry_out(
-        self,
-        command: CommandName,
-        task_id: Optional[str],
-        record: Optional[TaskRecord],
-        same_task: bool,
-        decision: Decision,
-        bucket: Optional[str],
-    ) -> None:
-        """Persist the decision, owe its immediate result, then dispatch its action."""
-        now_s = self._parts.clock()
-        takes_task = decision.action in (Action.start_task, Action.run_premigrate)
-        if takes_task and task_id is None:
-            key = ResultKey(None, command, _stamp(now_s))
-            message = f"{command.value} came without a task id"
-            owe_now(
-                self._parts,
-                key,
-                CommandResult.fail,
-                state=None,
-                error_code=ERROR_NO_TASK_ID,
-                message=message,
-            )
+    async def _report_copy_state(self) -> None:
+        """Tell SMS the source state that matches the task, if it changed since last told."""
+        wanted = copy_state_for(self._parts.ledger.record)
+        if wanted is None or wanted == self._copy_state_sent:
             return
-        if takes_task and (record is None or not same_task):
-            assert task_id is not None
-            record = TaskRecord.new(task_id, None, now_s)
-            same_task = True
-        sequence = _stamp(now_s)
-        if record is not None and same_task and decision.takes_over(record.state):
-            record = _advanced(record.apply(decision, command, now_s), decision, state_was=record)
-            self._parts.store.save(TASK, record)
-            sequence = record.command_seq
-        if decision.result is not None:
-            key = ResultKey(task_id, command, sequence)
-            owe_now(
-                self._parts,
-                key,
-                decision.result,
-                state=decision.next_state,
-                error_code=decision.error_code,
-                message=decision.message,
-            )
-        task_type = record.task_type if record is not None and same_task else None
-        envelope = CommandEnvelope(
-            command, decision.action, sequence, task_id, task_type, bucket=bucket
-        )
-        self._dispatcher.dispatch(envelope)
-
-    def _result_pending(self, task_id: Optional[str], command: CommandName) -> bool:
-        return any(
-            entry.key.startswith(f"{task_id or '-'}/{command.value}/")
-            for entry in self._parts.outbox.pending()
-        )
+        try:
+            await self._parts.client.update_copy_state(self._identity.server_id, wanted)
+        except SmsError as exc:
+            log.warning("copy_state_failed", copystate=wanted.copystate.value, error=str(exc))
+            return
+        self._copy_state_sent = wanted
+        log.info("copy_state_sent", copystate=wanted.copystate.value)
 
     async def _on_error(self, exc: SmsError) -> Outcome:
-        self._connection.failed(str(exc), exc.action.value)
+        await self._connection.failed(str(exc), exc.action.value)
         if exc.action is ErrorAction.reregister:
             log.warning("source_unknown_reregistering", error=str(exc))
             try:
@@ -281,27 +220,10 @@ class Poller:
             log.error("authentication_failed", error=str(exc), error_code="SMS.0202")
 
     def _status_text(self, outcome: Outcome) -> str:
-        record = self._parts.store.load(TASK).value
+        ledger = self._parts.ledger
+        record = ledger.record
         task = "no task" if record is None else f"task {record.task_id} {record.state.value}"
         if record is not None and record.stage:
             task += f" ({record.stage})"
-        return f"{outcome.kind.value}; {task}; {len(self._parts.outbox.pending())} results owed"
-
-
-def _is_no_op(decision: Decision, state: State) -> bool:
-    return (
-        decision.action is Action.none and decision.result is None and decision.next_state is state
-    )
-
-
-def _advanced(record: TaskRecord, decision: Decision, state_was: TaskRecord) -> TaskRecord:
-    """`record` with its command sequence advanced also when the state stayed, so that every
-    command acted on keys its own result."""
-    if decision.changes_state(state_was.state):
-        return record
-    return record.model_copy(update={"command_seq": record.command_seq + 1})
-
-
-def _stamp(now_s: float) -> int:
-    """A sequence for results that belong to no stored task: unique per millisecond."""
-    return int(now_s * 1000)
+        text = f"{outcome.kind.value}; {task}; {ledger.owed_count()} results owed"
+        return text if ledger.fault is None else f"FAULT {ledger.fault}; {text}"

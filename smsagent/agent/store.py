@@ -8,6 +8,7 @@ log line and reported to the caller as quarantined; the agent carries on without
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
@@ -306,6 +307,16 @@ class Store:
         """Write a document atomically (mode 0600)."""
         write_atomic(self.path(document), value.model_dump_json(indent=2).encode("utf-8"))
 
+    def probe_writable(self) -> None:
+        """Write and remove a small file, as a document save would.
+
+        Raises:
+            OSError: the state directory cannot take a new file (full, read-only, ...).
+        """
+        probe = self.state_dir / f".probe{TEMP_SUFFIX}"
+        write_atomic(probe, b"probe")
+        remove_durably(probe)
+
     def delete(self, document: Document[RecordT]) -> bool:
         """Remove a document; False if there was none."""
         return remove_durably(self.path(document))
@@ -332,7 +343,9 @@ class ConnectionTracker:
     """Keeps `connection.json` current without writing on every poll.
 
     A change between healthy and failing is written at once; otherwise at most every
-    `min_interval_s`. The last run's record is read when the tracker is made, so error counts
+    `min_interval_s`. Writes run off the event loop; one that fails (the state directory full
+    or read-only) is logged and tried again at the next change, since the file only informs
+    `smsagent status`. The last run's record is read when the tracker is made, so error counts
     carry over a restart.
 
     Args:
@@ -362,13 +375,13 @@ class ConnectionTracker:
         """The latest state, written or not."""
         return self._record
 
-    def succeeded(self) -> None:
+    async def succeeded(self) -> None:
         """A poll succeeded."""
         now_s = self._clock()
         changes = {"last_ok_at": now_s, "consecutive_errors": 0, "updated_at": now_s}
-        self._update(self._record.model_copy(update=changes))
+        await self._update(self._record.model_copy(update=changes))
 
-    def failed(self, error: str, action: Optional[str] = None) -> None:
+    async def failed(self, error: str, action: Optional[str] = None) -> None:
         """A poll failed with `error` (no secrets in it); `action` is the error's next step."""
         now_s = self._clock()
         changes = {
@@ -378,23 +391,28 @@ class ConnectionTracker:
             "consecutive_errors": self._record.consecutive_errors + 1,
             "updated_at": now_s,
         }
-        self._update(self._record.model_copy(update=changes))
+        await self._update(self._record.model_copy(update=changes))
 
     def flush(self) -> None:
-        """Write the latest state if it differs from what is on disk."""
+        """Write the latest state if it differs from what is on disk (at shutdown)."""
         if self._record != self._written:
-            self._write()
+            try:
+                self._store.save(CONNECTION, self._record)
+            except OSError as exc:
+                log.warning("connection_state_not_saved", error=str(exc))
 
-    def _update(self, record: ConnectionRecord) -> None:
+    async def _update(self, record: ConnectionRecord) -> None:
         self._record = record
         flipped = record.healthy != self._written.healthy
         due = (
             self._written_at is None or self._monotonic() - self._written_at >= self._min_interval_s
         )
-        if flipped or due:
-            self._write()
-
-    def _write(self) -> None:
-        self._store.save(CONNECTION, self._record)
-        self._written = self._record
+        if not (flipped or due):
+            return
         self._written_at = self._monotonic()
+        try:
+            await asyncio.to_thread(self._store.save, CONNECTION, record)
+        except OSError as exc:
+            log.warning("connection_state_not_saved", error=str(exc))
+            return
+        self._written = record

@@ -17,12 +17,17 @@ import structlog
 from pydantic import SecretStr
 
 from smsagent.api.errors import (
+    MAX_RESPONSE_BYTES,
     MalformedResponse,
+    ResponseTooLarge,
     SmsError,
     TransportError,
     describe_exception,
     error_from_response,
+    parse_http_date,
+    read_capped,
 )
+from smsagent.api.proxy import ProxyRoutes
 from smsagent.api.signing import (
     HEADER_CONTENT_TYPE,
     HEADER_PROJECT_ID,
@@ -43,8 +48,11 @@ class Credentials(Protocol):
     mode: str
     """`aksk`, `token` or `iam`."""
 
-    def attach(self, session: Optional[aiohttp.ClientSession]) -> None:
-        """Lend the client's HTTP session to credentials that make calls of their own."""
+    def attach(
+        self, session: Optional[aiohttp.ClientSession], routes: Optional[ProxyRoutes] = None
+    ) -> None:
+        """Lend the client's HTTP session (and its proxy routes) to credentials that make calls
+        of their own."""
 
     async def headers_for(
         self, method: str, url: str, headers: Mapping[str, str], body: bytes
@@ -76,7 +84,9 @@ class AkSkCredentials:
     def __repr__(self) -> str:
         return f"AkSkCredentials(ak={self.ak!r}, sk=<hidden>, project_id={self.project_id!r})"
 
-    def attach(self, session: Optional[aiohttp.ClientSession]) -> None:
+    def attach(
+        self, session: Optional[aiohttp.ClientSession], routes: Optional[ProxyRoutes] = None
+    ) -> None:
         """Signing needs no session."""
 
     async def headers_for(
@@ -113,7 +123,9 @@ class TokenCredentials:
     def __repr__(self) -> str:
         return f"TokenCredentials(token=<hidden>, project_id={self.project_id!r})"
 
-    def attach(self, session: Optional[aiohttp.ClientSession]) -> None:
+    def attach(
+        self, session: Optional[aiohttp.ClientSession], routes: Optional[ProxyRoutes] = None
+    ) -> None:
         """A fixed token needs no session."""
 
     async def headers_for(
@@ -146,7 +158,9 @@ class IamTokenCredentials:
     `refresh_margin_s` before `expires_at` (at most half-way through its life, so a short-lived
     token is not fetched on every request), renewed by one caller while concurrent callers wait,
     and dropped by `invalidate()` so the next request fetches a new one. When a renewal fails
-    while the old token is still valid, the old token is used.
+    while the old token is still valid, the old token is used. As for SMS calls, only a 2xx is
+    a success, a redirect is refused (never followed: the password goes to no other host) and
+    an answer over `max_response_bytes` is refused.
     """
 
     mode: str = "iam"
@@ -161,6 +175,7 @@ class IamTokenCredentials:
         project_id: Optional[str] = None,
         refresh_margin_s: float = 3600.0,
         clock: Callable[[], datetime] = _utc_now,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         for field, value in (
             ("iam_endpoint", iam_endpoint),
@@ -178,7 +193,9 @@ class IamTokenCredentials:
         self.project_id: Final = project_id
         self._refresh_margin_s: Final = refresh_margin_s
         self._clock: Final = clock
+        self._max_response_bytes: Final = max_response_bytes
         self._session: Optional[aiohttp.ClientSession] = None
+        self._routes = ProxyRoutes()
         self._cached: Optional[_CachedToken] = None
         # Created on first use: an asyncio.Lock made outside the running loop breaks on 3.9.
         self._lock: Optional[asyncio.Lock] = None
@@ -196,9 +213,12 @@ class IamTokenCredentials:
         """When the cached token expires, or None when none is cached."""
         return None if self._cached is None else self._cached.expires_at
 
-    def attach(self, session: Optional[aiohttp.ClientSession]) -> None:
-        """Use the client's session (its proxy and TLS settings) to reach IAM."""
+    def attach(
+        self, session: Optional[aiohttp.ClientSession], routes: Optional[ProxyRoutes] = None
+    ) -> None:
+        """Use the client's session (its TLS settings) and proxy routes to reach IAM."""
         self._session = session
+        self._routes = routes or ProxyRoutes()
 
     async def headers_for(
         self, method: str, url: str, headers: Mapping[str, str], body: bytes
@@ -258,19 +278,33 @@ class IamTokenCredentials:
             msg = "IamTokenCredentials has no HTTP session; attach() the client's session first"
             raise RuntimeError(msg)
         url = f"{self.iam_endpoint}{IAM_TOKENS_PATH}?nocatalog=true"
+        proxy, proxy_auth = self._routes.for_url(url)
         fetched_at = self._clock()
         self.fetch_count += 1
         try:
             async with self._session.post(
-                url, data=self._request_body(), headers={HEADER_CONTENT_TYPE: IAM_CONTENT_TYPE}
+                url,
+                data=self._request_body(),
+                headers={HEADER_CONTENT_TYPE: IAM_CONTENT_TYPE},
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+                allow_redirects=False,
             ) as response:
-                payload = await response.read()
                 status, response_headers = response.status, response.headers
+                payload = await read_capped(response, self._max_response_bytes)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise TransportError(
                 method="POST", path=IAM_TOKENS_PATH, error_msg=describe_exception(exc)
             ) from exc
-        if status >= 400:
+        if payload is None:
+            raise ResponseTooLarge(
+                method="POST",
+                path=IAM_TOKENS_PATH,
+                limit_bytes=self._max_response_bytes,
+                status=status,
+                server_date=parse_http_date(response_headers.get("Date")),
+            )
+        if not 200 <= status < 300:
             raise error_from_response(status, response_headers, payload, "POST", IAM_TOKENS_PATH)
         return _cached_token(
             response_headers.get(HEADER_SUBJECT_TOKEN), payload, fetched_at, self._refresh_margin_s

@@ -21,12 +21,15 @@ from yarl import URL
 from smsagent import __version__
 from smsagent.api.auth import Credentials
 from smsagent.api.enums import ConfigKey
+from smsagent.api.errors import MAX_RESPONSE_BYTES as MAX_RESPONSE_BYTES
 from smsagent.api.errors import (
     MalformedResponse,
+    ResponseTooLarge,
     TransportError,
     describe_exception,
     error_from_response,
     parse_http_date,
+    read_capped,
 )
 from smsagent.api.models import (
     CommandBody,
@@ -56,6 +59,7 @@ from smsagent.api.models import (
     UpdateTaskSpeedReq,
     UpdateTaskStatusReq,
 )
+from smsagent.api.proxy import ProxyRoutes
 from smsagent.api.signing import canonical_query_string, query_pairs
 
 log = structlog.get_logger()
@@ -91,7 +95,8 @@ class SmsClient:
     """The SMS v3 API as typed async methods; use as `async with SmsClient(...) as client`.
 
     Every failure raises an `SmsError` subclass whose `action` tells the caller what to do.
-    With token credentials a 401 drops the token and the request is sent once more.
+    Only a 2xx is a success; redirects are refused, never followed. With token credentials a
+    401 drops the token and the request is sent once more.
 
     Args:
         endpoint: the SMS endpoint, e.g. `https://sms.ap-southeast-3.myhuaweicloud.com`.
@@ -102,6 +107,7 @@ class SmsClient:
         ca_bundle: a PEM file of extra trusted CAs, added to the system store.
         proxy: proxy URL; when None, `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` apply.
         user_agent: the `User-Agent` header.
+        max_response_bytes: the largest response body read; a longer one is refused.
     """
 
     def __init__(
@@ -115,6 +121,7 @@ class SmsClient:
         ca_bundle: Optional[Path] = None,
         proxy: Optional[str] = None,
         user_agent: str = f"smsagent/{__version__}",
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self._base: Final = _validate_endpoint(endpoint)
         self._credentials: Final = credentials
@@ -125,8 +132,9 @@ class SmsClient:
         )
         self._verify_tls: Final = verify_tls
         self._ca_bundle: Final = ca_bundle
-        self._proxy: Final = proxy
+        self._routes: Final = ProxyRoutes(proxy)
         self._user_agent: Final = user_agent
+        self._max_response_bytes: Final = max_response_bytes
         self._session: Optional[aiohttp.ClientSession] = None
         self.request_count = 0
         self.last_server_date: Optional[datetime] = None
@@ -141,10 +149,8 @@ class SmsClient:
 
     async def __aenter__(self) -> SmsClient:
         connector = aiohttp.TCPConnector(ssl=self._ssl_context())
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, trust_env=True
-        )
-        self._credentials.attach(self._session)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        self._credentials.attach(self._session, self._routes)
         return self
 
     async def __aexit__(
@@ -193,7 +199,7 @@ class SmsClient:
         query: Optional[Mapping[str, object]] = None,
         content_type: str = JSON,
     ) -> bytes:
-        """Send one request and return the body of a success (< 400).
+        """Send one request and return the body of a success (2xx).
 
         Raises:
             SmsError: a subclass chosen by what failed.
@@ -206,7 +212,7 @@ class SmsClient:
         if status == 401 and self._credentials.mode in _RENEWABLE_MODES:
             await self._credentials.invalidate()
             status, response_headers, raw = await self._send(method, path, url, headers, payload)
-        if status >= 400:
+        if not 200 <= status < 300:
             raise error_from_response(status, response_headers, raw, method, path)
         return raw
 
@@ -220,6 +226,7 @@ class SmsClient:
         headers = {**headers, **await self._credentials.headers_for(method, url, headers, payload)}
         self.request_count += 1
         started = time.monotonic()
+        proxy, proxy_auth = self._routes.for_url(url)
         try:
             async with session.request(
                 method,
@@ -227,12 +234,13 @@ class SmsClient:
                 URL(url, encoded=True),
                 data=payload or None,
                 headers=headers,
-                proxy=self._proxy,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
                 allow_redirects=False,
             ) as response:
-                raw = await response.read()
                 status, response_headers = response.status, response.headers
                 self.last_server_date = parse_http_date(response_headers.get("Date"))
+                raw = await read_capped(response, self._max_response_bytes)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise TransportError(
                 method=method, path=path, error_msg=describe_exception(exc)
@@ -245,6 +253,14 @@ class SmsClient:
             elapsed_ms=round((time.monotonic() - started) * 1000),
             request_id=response_headers.get("X-Request-Id"),
         )
+        if raw is None:
+            raise ResponseTooLarge(
+                method=method,
+                path=path,
+                limit_bytes=self._max_response_bytes,
+                status=status,
+                server_date=self.last_server_date,
+            )
         return status, response_headers, raw
 
     async def _fetch(

@@ -1,4 +1,7 @@
-"""`SmsError` and its classes: what failed on an SMS call and what the agent should do next."""
+"""`SmsError` and its classes: what failed on an SMS call and what the agent should do next.
+
+Also the capped read of a response body, shared by the SMS and IAM calls.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,17 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from enum import Enum
-from typing import Any, ClassVar, Final, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Optional
+from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    import aiohttp
 
 QUOTA_ERROR_CODE: Final = "SMS.6526"
+MAX_RESPONSE_BYTES: Final = 4 * 1024 * 1024
+"""The largest response body read; real SMS and IAM answers are a few KB."""
+_READ_CHUNK_BYTES: Final = 64 * 1024
+_REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _MAX_MESSAGE_CHARS: Final = 512
 _SOURCE_PATH: Final = re.compile(r"^/v3/sources/[^/]+(/.*)?$")
 _URL_USERINFO: Final = re.compile(r"(?<=://)[^/@\s]+@")
@@ -143,6 +154,73 @@ class QuotaError(SmsError):
     default_action = ErrorAction.fatal
 
 
+class RedirectRefused(SmsError):
+    """A 3xx redirect: never followed, so the request and its signature reach no other host.
+
+    Retried, since a redirect may come from a proxy misbehaving for a while; the message names
+    where it pointed (without its query) for the operator.
+    """
+
+    default_action = ErrorAction.retry
+
+
+class UnexpectedStatus(SmsError):
+    """A status below 400 that is neither a success (2xx) nor a redirect, e.g. 304 or 101."""
+
+    default_action = ErrorAction.retry
+
+
+class ResponseTooLarge(SmsError):
+    """A response body over the size cap, refused before it could fill memory.
+
+    Attributes:
+        limit_bytes: the cap the body passed.
+    """
+
+    default_action = ErrorAction.retry
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        limit_bytes: int,
+        status: Optional[int] = None,
+        server_date: Optional[datetime] = None,
+    ) -> None:
+        self.limit_bytes = limit_bytes
+        super().__init__(
+            method=method,
+            path=path,
+            status=status,
+            error_msg=f"the response body exceeds the cap of {limit_bytes} bytes; refused",
+            server_date=server_date,
+        )
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit_bytes: int) -> Optional[bytes]:
+    """The body of `response`, or None when it is longer than `limit_bytes`.
+
+    A declared `Content-Length` over the cap is refused before anything is read; otherwise the
+    body is read in chunks and refused as soon as it passes the cap (counted after any
+    decompression). A refused response is closed, not released: its connection is dropped
+    instead of being drained for reuse.
+    """
+    declared = response.content_length
+    if declared is not None and declared > limit_bytes:
+        response.close()
+        return None
+    body = bytearray()
+    while True:
+        chunk = await response.content.read(_READ_CHUNK_BYTES)
+        if not chunk:
+            return bytes(body)
+        body += chunk
+        if len(body) > limit_bytes:
+            response.close()
+            return None
+
+
 def error_from_response(
     status: int,
     headers: Mapping[str, str],
@@ -150,12 +228,16 @@ def error_from_response(
     method: str,
     path: str,
 ) -> SmsError:
-    """The error for a non-success response, parsed by the SDK's rules (spec §6.1).
+    """The error for a response outside 2xx; from 400 on, parsed by the SDK's rules (spec §6.1).
 
-    The code and message come from `error_code`/`error_msg`, then `errorCode`/`errorMsg`, then
-    `code`/`message`, then the first nested object holding one of those pairs. A body that is not
-    a JSON object gives its text as the message and the status as the code.
+    Below 400 the body is not looked at: a redirect is `RedirectRefused`, anything else
+    `UnexpectedStatus`. From 400 on, the code and message come from `error_code`/`error_msg`,
+    then `errorCode`/`errorMsg`, then `code`/`message`, then the first nested object holding
+    one of those pairs. A body that is not a JSON object gives its text as the message and the
+    status as the code.
     """
+    if status < 400:
+        return _refused_status(status, headers, method, path)
     text = body_bytes.decode("utf-8", errors="replace")
     fields = _error_fields(text)
     error_code = fields.get("code") or str(status)
@@ -173,6 +255,45 @@ def error_from_response(
         server_date=server_date,
         encoded_authorization_message=fields.get("encoded"),
     )
+
+
+def _refused_status(status: int, headers: Mapping[str, str], method: str, path: str) -> SmsError:
+    """The error for a non-2xx status below 400, which no SMS operation answers."""
+    server_date = parse_http_date(_header(headers, "Date"))
+    location = _header(headers, "Location")
+    if status in _REDIRECT_STATUSES or (300 <= status < 400 and location):
+        target = (
+            f"redirect to {_location_for_message(location)}"
+            if location
+            else "redirect without a Location"
+        )
+        return RedirectRefused(
+            method=method,
+            path=path,
+            status=status,
+            error_msg=f"{target}; redirects are not followed",
+            server_date=server_date,
+        )
+    return UnexpectedStatus(
+        method=method,
+        path=path,
+        status=status,
+        error_msg="unexpected status; only 2xx is a success",
+        server_date=server_date,
+    )
+
+
+def _location_for_message(location: str) -> str:
+    """`Location` as scheme://host/path, for an error message.
+
+    A query or fragment may carry a signature and the user info a password: neither is shown.
+    """
+    try:
+        parts = urlsplit(location.strip())
+    except ValueError:
+        return "an unreadable Location"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", "")) or "an empty Location"
 
 
 def _error_class(status: int, error_code: str) -> type[SmsError]:

@@ -1,4 +1,5 @@
-"""Checks of the installation: who may read the env file and the state dir, and the handlers."""
+"""Checks of the installation: who may read the env file, whether the state dir is usable and
+private, and the handlers."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from typing import Final, Optional
 from pydantic import JsonValue
 
 from smsagent.agent.handlers import HandlerLoadError, HandlerRegistry
+from smsagent.agent.health import read_health
+from smsagent.agent.statedir import inspect_state_dir
 from smsagent.checks.model import Check
 
 ENV_FILE: Final = "env_file"
 STATE_DIR: Final = "state_dir"
 HANDLERS: Final = "handlers"
+AGENT: Final = "agent"
+AGENT_FAULT: Final = "SMSAGENT.AGENT_FAULT"
 
 INSECURE_FILE: Final = "SMSAGENT.FILE_MODE"
 HANDLERS_BROKEN: Final = "SMSAGENT.HANDLERS"
@@ -68,17 +73,57 @@ def env_file_check(env_file: Optional[Path]) -> Check:
 
 
 def state_dir_check(state_dir: Path) -> Check:
-    """The state dir holds task keys: only root may enter it."""
+    """The state dir must take the agent's writes: ERROR with the sentence `smsagent run` stops
+    on. It holds task keys, so only root may enter it: WARN otherwise, and for documents the
+    agent will quarantine."""
+    verdict = inspect_state_dir(state_dir)
+    if verdict.problem is not None:
+        return Check.error(STATE_DIR, verdict.problem, verdict.error_code, path=str(state_dir))
+    if not verdict.exists:
+        return Check.ok(STATE_DIR, f"{state_dir} does not exist yet; the agent creates it 0700")
     try:
         stat_result = state_dir.stat()
-    except FileNotFoundError:
-        return Check.ok(STATE_DIR, f"{state_dir} does not exist yet; the agent creates it 0700")
-    except OSError as exc:
+    except OSError as exc:  # removed since the verdict: report it as the verdict would
         return Check.error(STATE_DIR, f"cannot read {state_dir}: {exc.strerror}", INSECURE_FILE)
-    if not stat.S_ISDIR(stat_result.st_mode):
-        return Check.error(STATE_DIR, f"{state_dir} is not a directory", INSECURE_FILE)
-    fix = f"chown root:root {state_dir} && chmod 0700 {state_dir}"
-    return private_path_check(STATE_DIR, state_dir, stat_result, what="the state dir", fix=fix)
+    mode = f"{stat.S_IMODE(stat_result.st_mode):04o}"
+    problems = permission_problems(stat_result.st_mode, stat_result.st_uid, what="the state dir")
+    reasons = list(verdict.document_warnings)
+    if problems:
+        fix = f"chown root:root {state_dir} && chmod 0700 {state_dir}"
+        reasons.insert(0, f"{'; '.join(problems)}: {fix}")
+    if reasons:
+        code = INSECURE_FILE if problems else verdict.error_code
+        return Check.warn(STATE_DIR, "; ".join(reasons), code, path=str(state_dir), mode=mode)
+    reason = f"{state_dir} belongs to root, mode {mode}, writable"
+    return Check.ok(STATE_DIR, reason, path=str(state_dir), mode=mode)
+
+
+def agent_check(state_dir: Path) -> Check:
+    """What the agent says of itself in `health.json`: ERROR while a running agent reports a
+    fault (its state directory full, a part of it crashed), WARN for the fault the last run
+    ended with."""
+    health = read_health(state_dir)
+    if health is None:
+        return Check.ok(AGENT, "no agent has run with this state directory")
+    pid, fault = health.get("pid"), health.get("fault")
+    running = isinstance(pid, int) and _alive(pid)
+    if isinstance(fault, str) and running:
+        return Check.error(AGENT, f"the running agent (pid {pid}) reports: {fault}", AGENT_FAULT)
+    if isinstance(fault, str):
+        return Check.warn(AGENT, f"the last agent run ended with: {fault}", AGENT_FAULT)
+    if running:
+        return Check.ok(AGENT, f"the agent runs (pid {pid}) and reports no fault")
+    return Check.ok(AGENT, "no agent runs; the last one reported no fault")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def handlers_check(disabled: Collection[str]) -> Check:
@@ -99,5 +144,10 @@ def handlers_check(disabled: Collection[str]) -> Check:
 def install_checks(
     env_file: Optional[Path], state_dir: Path, disabled: Collection[str]
 ) -> list[Check]:
-    """The env file, the state dir and the handlers."""
-    return [env_file_check(env_file), state_dir_check(state_dir), handlers_check(disabled)]
+    """The env file, the state dir, what a running agent reports, and the handlers."""
+    return [
+        env_file_check(env_file),
+        state_dir_check(state_dir),
+        agent_check(state_dir),
+        handlers_check(disabled),
+    ]

@@ -6,7 +6,6 @@ from typing import ClassVar
 
 from smsagent.agent.handlers import CommandEnvelope, HandlerContext, HandlerOutcome
 from smsagent.agent.machine import State
-from smsagent.agent.store import TASK
 from smsagent.api.enums import CommandName
 from smsagent.handlers.stop import stop_work
 
@@ -20,8 +19,7 @@ class DeleteHandler:
     async def handle(self, ctx: HandlerContext, command: CommandEnvelope) -> HandlerOutcome:
         """Stop, forget, answer success (also when there was nothing to forget)."""
         await stop_work(ctx, command)
-        if ctx.task_record() is None:
+        if not await ctx.forget_task():
             return HandlerOutcome.success("the task is not known here", next_state=State.idle)
-        ctx.store.delete(TASK)
         ctx.log.info("task_forgotten")
         return HandlerOutcome.success("the task was deleted here", next_state=State.idle)

@@ -21,7 +21,7 @@ class TaskNotStartedHandler:
     async def handle(self, ctx: HandlerContext, command: CommandEnvelope) -> HandlerOutcome:
         """Drop the stage progress; the task becomes `idle`."""
         await stop_work(ctx, command)
-        ctx.update_task(lambda record: record.reset(ctx.clock()))
+        await ctx.update_task(lambda record: record.reset(ctx.clock()))
         ctx.log.info("task_reset")
         return HandlerOutcome.settled(State.idle, "the task was reset on the server")
 

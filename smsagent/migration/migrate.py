@@ -286,7 +286,7 @@ class _Migration:
         record = self._ctx.task_record()
         return record is not None and record.progress_of(stage).done
 
-    def _begin(self, stage: str, *, fresh: bool) -> Optional[TaskRecord]:
+    async def _begin(self, stage: str, *, fresh: bool) -> Optional[TaskRecord]:
         now_s = self._ctx.clock()
 
         def change(record: TaskRecord) -> TaskRecord:
@@ -294,11 +294,11 @@ class _Migration:
                 record = record.with_stage(stage, StageProgress(), now_s)
             return record.begin_stage(stage, now_s)
 
-        return self._ctx.update_task(change)
+        return await self._ctx.update_task(change)
 
-    def _finish(self, stage: str, bytes_total: int) -> None:
+    async def _finish(self, stage: str, bytes_total: int) -> None:
         now_s = self._ctx.clock()
-        self._ctx.update_task(
+        await self._ctx.update_task(
             lambda r: r.record_progress(stage, bytes_total, bytes_total, now_s).finish_stage(
                 stage, now_s
             )
@@ -307,7 +307,7 @@ class _Migration:
     async def _copy(self, prepared: _Prepared, kind: PassKind) -> PassSummary:
         """One copy pass as a stage: a sync pass starts afresh, the full copy resumes."""
         stage = STAGES[kind]
-        record = self._begin(stage.value, fresh=kind is PassKind.sync)
+        record = await self._begin(stage.value, fresh=kind is PassKind.sync)
         start_bytes = 0 if record is None else record.progress_of(stage.value).bytes_done
         spec = await asyncio.to_thread(
             build_pass, prepared.source, prepared.settings, kind, self._destination
@@ -318,7 +318,7 @@ class _Migration:
             self._ctx, spec, prepared.target, prepared.limits, self._pass_options, start_bytes
         )
         summary = await runner.run()
-        self._finish(stage.value, total)
+        await self._finish(stage.value, total)
         await self._ctx.progress.report(stage, total, total, force=True)
         self._ctx.log.info(
             "pass_done",
@@ -332,7 +332,7 @@ class _Migration:
         """The verification stage; None when the task turns it off or it was done before."""
         if self._task.is_need_consistency_check is False or self._done(VERIFY_STAGE):
             return None
-        self._begin(VERIFY_STAGE, fresh=False)
+        await self._begin(VERIFY_STAGE, fresh=False)
         settings = prepared.settings
         plan = plan_verification(
             prepared.source.source_root,
@@ -360,7 +360,7 @@ class _Migration:
             self._ctx.log.info("verification_skipped")
         else:
             await self._send_results(report)
-        self._finish(VERIFY_STAGE, 0)
+        await self._finish(VERIFY_STAGE, 0)
         return report
 
     async def _watch_skip(self, stop: asyncio.Event) -> None:

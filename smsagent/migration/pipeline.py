@@ -219,7 +219,7 @@ class PassRunner:
             await asyncio.gather(*helpers, return_exceptions=True)
             # However the pass ends, a resume must not count less than was reported.
             self._take_pending()
-            self._save(force=True)
+            await self._save(force=True)
         duration_s = time.monotonic() - started_at
         return PassSummary(tuple(results), self._restarts, self._retries, duration_s)
 
@@ -305,14 +305,16 @@ class PassRunner:
             self._take_pending()
             bytes_done = self.progress.bytes_done
             await self._ctx.progress.report(self._spec.stage, bytes_done, self._spec.total_bytes)
-            self._save(force=False)
+            await self._save(force=False)
             await asyncio.sleep(self._options.report_interval_s)
 
-    def _save(self, *, force: bool) -> None:
+    async def _save(self, *, force: bool) -> None:
         now = time.monotonic()
         if not force and now - self._saved_at < self._options.save_interval_s:
             return
         self._saved_at = now
         stage, total = self._spec.stage.value, self._spec.total_bytes
         done = self.progress.bytes_done
-        self._ctx.update_task(lambda r: r.record_progress(stage, done, total, self._ctx.clock()))
+        await self._ctx.update_task(
+            lambda r: r.record_progress(stage, done, total, self._ctx.clock())
+        )

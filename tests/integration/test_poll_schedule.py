@@ -24,7 +24,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 COMMAND_ROUTE = "GET /v3/sources/{server_id}/command"
 IDLE_INTERVAL_S = 2.0
-ACTIVE_INTERVAL_S = 0.5
+# Above the one-second floor between polls (`MIN_POLL_GAP_S`), which would otherwise set the
+# rate instead of the schedule.
+ACTIVE_INTERVAL_S = 1.5
 IDLE_WINDOW_S = 10.0
 ACTIVE_WINDOW_S = 6.0
 # What one poll adds to the delay before the next: the request and its answer, the state file

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import Distribution, distributions
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import structlog
 from pydantic import SecretStr
@@ -88,6 +88,54 @@ class ProgressLog:
         return event
 
 
+class StoreTasks:
+    """The task state a handler sees, read from and written to the store on each call.
+
+    Handler tests arrange records in the store and read back what the handler saved; the
+    agent's own writer (`Ledger`) holds the record in memory and has tests of its own.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def record_of(self, task_id: Optional[str]) -> Optional[TaskRecord]:
+        record = self.store.load(TASK).value
+        return record if record is not None and record.task_id == task_id else None
+
+    async def update(
+        self, task_id: Optional[str], change: Callable[[TaskRecord], TaskRecord]
+    ) -> Optional[TaskRecord]:
+        record = self.record_of(task_id)
+        if record is None:
+            return None
+        updated = change(record)
+        self.store.save(TASK, updated)
+        return updated
+
+    async def forget(self, task_id: Optional[str]) -> bool:
+        if self.record_of(task_id) is None:
+            return False
+        self.store.delete(TASK)
+        return True
+
+
+def settle_in_store(
+    store: Store, task_id: Optional[str], outcome: HandlerOutcome, now_s: float
+) -> Optional[TaskRecord]:
+    """Save the state `outcome` settles in, as the agent's ledger does, if the store holds
+    `task_id`'s record; the saved record, or None when nothing changed."""
+    if outcome.next_state is None:
+        return None
+    record = store.load(TASK).value
+    if record is None or record.task_id != task_id:
+        return None
+    settled = record.settle(
+        outcome.next_state, now_s, error_code=outcome.error_code, message=outcome.message or None
+    )
+    store.save(TASK, settled)
+    return settled
+
+
 def handler_context(
     store: Store,
     settings: Settings,
@@ -100,7 +148,7 @@ def handler_context(
     """A `HandlerContext` over real seams (the store, a work slot) and an idle client."""
     return HandlerContext(
         client=idle_client(settings),
-        store=store,
+        tasks=StoreTasks(store),
         settings=settings,
         progress=progress or ProgressLog(),
         cancel=cancel or CancelToken(),

@@ -37,7 +37,6 @@ from smsagent.agent.handlers import (
     HandlerContext,
     HandlerOutcome,
     HandlerRegistry,
-    apply_outcome,
     invoke,
 )
 from smsagent.agent.machine import WORK_ACTIONS, Action, State, decide, recover
@@ -55,7 +54,7 @@ from smsagent.api.models import (
 )
 from smsagent.config import Settings
 from smsagent.migration.handler import TASK_TYPE, MigrateFileHandler, MigrateOptions
-from tests.support.agentcore import agent_settings
+from tests.support.agentcore import StoreTasks, agent_settings, settle_in_store
 from tests.support.emulator import EmulatorProcess
 from tests.support.target import TargetHost
 from tests.support.treecompare import compare_trees, rsync_differences
@@ -268,19 +267,19 @@ class MigrationRig:
         # The poller settles the work's outcome as soon as it ends, before the outcome of the
         # command that stopped it.
         self._settle_work()
-        apply_outcome(self.store, self.task_id, outcome, time.time())
+        settle_in_store(self.store, self.task_id, outcome, time.time())
         return outcome
 
     def _settle_work(self) -> None:
         if self.work is None or not self.work.done() or self._work_settled:
             return
         self._work_settled = True
-        apply_outcome(self.store, self.task_id, self.work.result(), time.time())
+        settle_in_store(self.store, self.task_id, self.work.result(), time.time())
 
     def _context(self, token: CancelToken, progress: TaskProgress) -> HandlerContext:
         return HandlerContext(
             client=self.client,
-            store=self.store,
+            tasks=StoreTasks(self.store),
             settings=self.settings,
             progress=progress,
             cancel=token,

@@ -18,11 +18,10 @@ from smsagent.agent.handlers import (
     HandlerLoadError,
     HandlerOutcome,
     HandlerRegistry,
-    apply_outcome,
     invoke,
 )
 from smsagent.agent.machine import Action, State
-from smsagent.agent.store import TASK, Store, TaskRecord
+from smsagent.agent.store import Store
 from smsagent.agent.work import CancelReason, WorkCancelled
 from smsagent.api.enums import CommandName, CommandResult
 from smsagent.handlers.skip import SkipHandler
@@ -340,18 +339,3 @@ class TestOutcome:
         """An outcome cannot leave a task in a state only the machine may set."""
         with pytest.raises(ValueError, match=state.value):
             HandlerOutcome.settled(state)
-
-    def test_apply_outcome(self, tmp_path: Path) -> None:
-        """The settled state is saved for the same task only, never recreating a deleted one."""
-        store = Store(tmp_path)
-        store.open()
-        store.save(TASK, TaskRecord.new("t1", "X", 1.0).model_copy(update={"state": State.running}))
-        failed = HandlerOutcome.failure("E.1", "broke", next_state=State.failed)
-        saved = apply_outcome(store, "t1", failed, 2.0)
-        assert saved is not None and saved.state is State.failed and saved.error_code == "E.1"
-        assert store.load(TASK).value == saved
-        assert apply_outcome(store, "t2", HandlerOutcome.settled(State.idle), 3.0) is None
-        assert apply_outcome(store, "t1", HandlerOutcome.success(), 3.0) is None
-        store.delete(TASK)
-        assert apply_outcome(store, "t1", HandlerOutcome.settled(State.idle), 4.0) is None
-        assert store.load(TASK).value is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,13 @@ from smsagent.api.auth import TokenCredentials
 from smsagent.api.client import SmsClient
 from smsagent.api.enums import CommandName, CommandResult
 from smsagent.api.models import CommandBody
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import EmulatorFactory, EmulatorProcess
 
 
 @pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
+def emulator(start_emulator: EmulatorFactory) -> EmulatorProcess:
     """An emulator whose first two command results are answered 503."""
-    process = EmulatorProcess(tmp_path / "emulator")
-    flags = {"error_rate": 1.0, "max_faults": 2, "fault_path": "command_result", "seed": 1}
-    with process.started(**flags):
-        yield process
+    return start_emulator(error_rate=1.0, max_faults=2, fault_path="command_result", seed=1)
 
 
 @pytest.mark.timeout(60)
@@ -42,7 +38,7 @@ async def test_results_reach_the_server_once_each_in_order(
     commands = [CommandName.START, CommandName.STOP, CommandName.START]
     for sequence, command in enumerate(commands, start=1):
         body = result_body(command, CommandResult.success, task_id="t1", state=State.stopped)
-        outbox.enqueue(ResultKey("t1", command, sequence), body)
+        await outbox.enqueue(ResultKey("t1", command, sequence), body)
     credentials = TokenCredentials(SecretStr(emulator.token))
     async with SmsClient(emulator.url, credentials) as client:
 

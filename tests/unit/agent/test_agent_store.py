@@ -232,46 +232,46 @@ class FakeTime:
 
 
 class TestConnectionTracker:
-    def test_health_changes_are_written_at_once(self, store: Store) -> None:
+    async def test_health_changes_are_written_at_once(self, store: Store) -> None:
         """The first success, a failure after it, and the recovery reach the disk immediately."""
         clock = FakeTime()
         tracker = ConnectionTracker(store, 60.0, clock, clock)
-        tracker.succeeded()
+        await tracker.succeeded()
         assert store.load(CONNECTION).value == tracker.record
         clock.now += 1
-        tracker.failed("GET /v3/sources/x/command: HTTP 503", "retry")
+        await tracker.failed("GET /v3/sources/x/command: HTTP 503", "retry")
         on_disk = store.load(CONNECTION).value
         assert on_disk is not None and on_disk.consecutive_errors == 1
         assert on_disk.last_error_action == "retry" and on_disk.last_ok_at == 1000.0
         clock.now += 1
-        tracker.succeeded()
+        await tracker.succeeded()
         recovered = store.load(CONNECTION).value
         assert recovered is not None and recovered.healthy and recovered.last_error_at == 1001.0
 
-    def test_repeats_are_written_at_most_every_interval(self, store: Store) -> None:
+    async def test_repeats_are_written_at_most_every_interval(self, store: Store) -> None:
         """Successful polls every few seconds write once a minute, and `flush` writes the rest."""
         clock = FakeTime()
         tracker = ConnectionTracker(store, 60.0, clock, clock)
-        tracker.succeeded()
+        await tracker.succeeded()
         for _ in range(10):
             clock.now += 5
-            tracker.succeeded()
+            await tracker.succeeded()
         on_disk = store.load(CONNECTION).value
         assert on_disk is not None and on_disk.last_ok_at == 1000.0
         clock.now += 15
-        tracker.succeeded()
+        await tracker.succeeded()
         on_disk = store.load(CONNECTION).value
         assert on_disk is not None and on_disk.last_ok_at == 1065.0
         clock.now += 5
-        tracker.succeeded()
+        await tracker.succeeded()
         tracker.flush()
         assert store.load(CONNECTION).value == tracker.record
 
-    def test_picks_up_where_the_last_run_left(self, store: Store) -> None:
+    async def test_picks_up_where_the_last_run_left(self, store: Store) -> None:
         """A new tracker continues the error count from the file."""
         clock = FakeTime()
         first = ConnectionTracker(store, 60.0, clock, clock)
-        first.failed("boom")
+        await first.failed("boom")
         second = ConnectionTracker(store, 60.0, clock, clock)
-        second.failed("boom")
+        await second.failed("boom")
         assert second.record.consecutive_errors == 2

@@ -1,12 +1,19 @@
-"""Checks of the installation: the env file's and state dir's owner and mode, the handlers."""
+"""Checks of the installation: the env file's owner and mode, the state dir's verdict, owner
+and mode, the handlers."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from smsagent.agent.statedir import STATE_DIR_UNUSABLE, StateDirError, require_usable_state_dir
 from smsagent.api.enums import CheckResult
 from smsagent.checks.install import (
     HANDLERS_BROKEN,
@@ -16,14 +23,43 @@ from smsagent.checks.install import (
     permission_problems,
     state_dir_check,
 )
+from tests.support.emulator import free_port
 
 OK, WARN, ERROR = CheckResult.OK, CheckResult.WARN, CheckResult.ERROR
 NOBODY = 65534
+CLI_TIMEOUT_S = 60
 
 
 def _needs_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("files owned by root need root")
+
+
+@contextlib.contextmanager
+def read_only_tmpfs(mount_point: Path) -> Iterator[Path]:
+    """An empty read-only tmpfs (mode 0700) at `mount_point`; always unmounted after."""
+    _needs_root()
+    mount_point.mkdir()
+    options = "size=1m,ro,mode=0700"
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "smsagent-test", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def _problem(state_dir: Path) -> str:
+    """The sentence `smsagent run` stops on."""
+    with pytest.raises(StateDirError) as raised:
+        require_usable_state_dir(state_dir)
+    return str(raised.value)
 
 
 class TestPermissionProblems:
@@ -108,6 +144,91 @@ class TestStateDir:
         (tmp_path / "file").write_text("")
         check = state_dir_check(tmp_path / "file")
         assert check.result is ERROR and "not a directory" in check.reason
+
+    def test_missing_and_not_creatable(self, tmp_path: Path) -> None:
+        """A state dir that cannot be made is ERROR with the sentence `run` stops on."""
+        (tmp_path / "file").write_text("")
+        state_dir = tmp_path / "file" / "state"
+        check = state_dir_check(state_dir)
+        assert (check.result, check.error_code) == (ERROR, STATE_DIR_UNUSABLE)
+        assert check.reason == _problem(state_dir)
+
+    @pytest.mark.root
+    def test_read_only(self, tmp_path: Path) -> None:
+        """A read-only state dir is ERROR, though its mode and owner are right."""
+        with read_only_tmpfs(tmp_path / "state") as state_dir:
+            check = state_dir_check(state_dir)
+            problem = _problem(state_dir)
+        assert (check.result, check.error_code) == (ERROR, STATE_DIR_UNUSABLE)
+        assert check.reason == problem and "is read-only" in problem
+
+    @pytest.mark.root
+    def test_owned_by_another_user(self, tmp_path: Path) -> None:
+        """A state dir another user owns is ERROR: that user could change the agent's state."""
+        _needs_root()
+        state_dir = tmp_path / "state"
+        state_dir.mkdir(mode=0o700)
+        os.chown(state_dir, NOBODY, NOBODY)
+        check = state_dir_check(state_dir)
+        assert check.result is ERROR and check.reason == _problem(state_dir)
+        assert f"chown -R root {state_dir}" in check.reason
+
+    def test_corrupt_document(self, tmp_path: Path) -> None:
+        """A document the agent will quarantine is WARN naming it; it is left where it is."""
+        state_dir = tmp_path / "state"
+        state_dir.mkdir(mode=0o700)
+        state_dir.chmod(0o700)
+        (state_dir / "task.json").write_text("{")
+        check = state_dir_check(state_dir)
+        if os.geteuid() == 0:
+            assert (check.result, check.error_code) == (WARN, STATE_DIR_UNUSABLE)
+        assert f"{state_dir / 'task.json'} is not valid JSON" in check.reason
+        assert "moved to corrupt/" in check.reason
+        assert (state_dir / "task.json").read_text() == "{"
+
+    def test_open_and_corrupt(self, tmp_path: Path) -> None:
+        """Open permissions and a corrupt document are one WARN with the permission code."""
+        state_dir = tmp_path / "state"
+        state_dir.mkdir()
+        state_dir.chmod(0o755)
+        (state_dir / "agent.json").write_text("[]")
+        check = state_dir_check(state_dir)
+        assert (check.result, check.error_code) == (WARN, INSECURE_FILE)
+        assert check.reason.index("chmod 0700") < check.reason.index("agent.json")
+
+    @pytest.mark.root
+    @pytest.mark.timeout(90)
+    def test_cli_reports_read_only(self, tmp_path: Path) -> None:
+        """`smsagent check` shows a read-only state dir as ERROR, with `run`'s sentence, exit 1."""
+        source_root = tmp_path / "source"
+        source_root.mkdir()
+        with read_only_tmpfs(tmp_path / "state") as state_dir:
+            env_file = tmp_path / "smsagent.env"
+            settings = {
+                "SMSAGENT_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+                "SMSAGENT_AK": "check-ak",
+                "SMSAGENT_SK": "check-sk-0123456789",
+                "SMSAGENT_STATE_DIR": str(state_dir),
+                "SMSAGENT_SOURCE_ROOT": str(source_root),
+            }
+            env_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+            env_file.chmod(0o600)
+            environment = {k: v for k, v in os.environ.items() if not k.startswith("SMSAGENT_")}
+            argv = [sys.executable, "-m", "smsagent", "check", "--json", "--timeout", "10"]
+            done = subprocess.run(
+                [*argv, "--env-file", str(env_file)],
+                env=environment,
+                capture_output=True,
+                text=True,
+                timeout=CLI_TIMEOUT_S,
+                check=False,
+            )
+            problem = _problem(state_dir)
+        assert done.returncode == 1, done.stderr
+        checks = {check["name"]: check for check in json.loads(done.stdout)["checks"]}
+        state = checks["state_dir"]
+        assert (state["result"], state["error_code"]) == ("ERROR", STATE_DIR_UNUSABLE)
+        assert state["reason"] == problem
 
 
 class TestHandlers:

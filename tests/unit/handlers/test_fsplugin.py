@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from smsagent.agent.handlers import HandlerOutcome, apply_outcome
+from smsagent.agent.handlers import HandlerOutcome
 from smsagent.agent.machine import Action, State, decide
 from smsagent.agent.store import TASK, TaskRecord
 from smsagent.agent.work import CancelReason
 from smsagent.api.enums import CommandName, CommandResult, SubtaskName
 from smsagent.api.models import Task
-from tests.support.agentcore import Runner, envelope
+from tests.support.agentcore import Runner, envelope, settle_in_store
 
 FILES = 48
 FILE_BYTES = 192 * 1024
@@ -79,7 +79,7 @@ def _begin(runner: Runner, command: CommandName = CommandName.START) -> TaskReco
 
 
 def _settle(runner: Runner, outcome: HandlerOutcome) -> TaskRecord:
-    apply_outcome(runner.store, "t1", outcome, time.time())
+    settle_in_store(runner.store, "t1", outcome, time.time())
     record = runner.store.load(TASK).value
     assert record is not None
     return record

@@ -108,7 +108,9 @@ class _Copy:
         """Copy what the stored cursor says is left; returns the files copied."""
         entries = await asyncio.to_thread(scan, self.source)
         self.bytes_total = sum(entry.size for entry in entries)
-        record = self.ctx.update_task(lambda r: r.begin_stage(self.stage.value, self.ctx.clock()))
+        record = await self.ctx.update_task(
+            lambda r: r.begin_stage(self.stage.value, self.ctx.clock())
+        )
         self.cursor = _cursor(record, self.stage)
         self.bytes_done = sum(e.size for e in entries if e.relative <= self.cursor)
         await self.ctx.progress.report(self.stage, self.bytes_done, self.bytes_total, force=True)
@@ -121,7 +123,7 @@ class _Copy:
                 written = await self._copy_entry(entry)
                 copied += written
                 self.cursor = entry.relative
-                self._save(force=False)
+                await self._save(force=False)
                 if written:
                     self.ctx.log.info("fscopy_file_copied", path=entry.relative)
                     await self._pause()
@@ -131,8 +133,8 @@ class _Copy:
                 await asyncio.sleep(self.stop_delay_s)
             raise
         finally:
-            self._save(force=True)
-        self.ctx.update_task(lambda r: r.finish_stage(self.stage.value, self.ctx.clock()))
+            await self._save(force=True)
+        await self.ctx.update_task(lambda r: r.finish_stage(self.stage.value, self.ctx.clock()))
         await self.ctx.progress.report(self.stage, self.bytes_total, self.bytes_total, force=True)
         return copied
 
@@ -182,7 +184,7 @@ class _Copy:
         finally:
             waiter.cancel()
 
-    def _save(self, *, force: bool) -> None:
+    async def _save(self, *, force: bool) -> None:
         # A resume redoes at most the files of the last second; saving after every file
         # would cost an fsync each.
         now = time.monotonic()
@@ -190,7 +192,7 @@ class _Copy:
             return
         self.saved_at = now
         resume = {"cursor": self.cursor, "source": str(self.source), "target": str(self.target)}
-        self.ctx.update_task(
+        await self.ctx.update_task(
             lambda r: r.record_progress(
                 self.stage.value, self.bytes_done, self.bytes_total, self.ctx.clock(), resume
             )
@@ -222,7 +224,7 @@ class FsCopyHandler:
             return HandlerOutcome.failure(ERROR_BAD_PATHS, problem, next_state=state)
         if drill:
             return HandlerOutcome.success("source and target are usable", next_state=State.idle)
-        stage = _stage_for(ctx, command)
+        stage = await _stage_for(ctx, command)
         copied = 0
         if stage is not None:
             delays = (_delay_s(command, FILE_DELAY_FIELD), _delay_s(command, STOP_DELAY_FIELD))
@@ -236,7 +238,7 @@ class FsCopyHandler:
         )
 
 
-def _stage_for(ctx: HandlerContext, command: CommandEnvelope) -> Optional[SubtaskName]:
+async def _stage_for(ctx: HandlerContext, command: CommandEnvelope) -> Optional[SubtaskName]:
     """The full copy until it is done; after that each pass is a sync from the start. None
     for a resume that finds the copy done and no sync pass under way: nothing is left to do."""
     record = ctx.task_record()
@@ -244,7 +246,7 @@ def _stage_for(ctx: HandlerContext, command: CommandEnvelope) -> Optional[Subtas
     if command.action is not Action.sync_task and not copy_done:
         return COPY_STAGE
     if command.action is Action.sync_task:
-        ctx.update_task(lambda r: r.record_progress(SYNC_STAGE.value, 0, 0, ctx.clock(), {}))
+        await ctx.update_task(lambda r: r.record_progress(SYNC_STAGE.value, 0, 0, ctx.clock(), {}))
         return SYNC_STAGE
     sync_pass = None if record is None else record.stages.get(SYNC_STAGE.value)
     return SYNC_STAGE if sync_pass is not None and not sync_pass.done else None

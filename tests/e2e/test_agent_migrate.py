@@ -7,14 +7,13 @@ with rsync over SSH into the target's root, and the emulator records what the ag
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.agent import AgentProcess
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import EmulatorFactory, EmulatorProcess
 from tests.support.target import TargetHost
 from tests.support.treecompare import compare_trees
 
@@ -22,12 +21,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 @pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
-    process = EmulatorProcess(tmp_path / "emulator").start(command_delivery="repeat")
-    try:
-        yield process
-    finally:
-        process.stop()
+def emulator(start_emulator: EmulatorFactory) -> EmulatorProcess:
+    """An emulator that offers each command at every poll until its result arrives."""
+    return start_emulator(command_delivery="repeat")
 
 
 def _source(root: Path) -> Path:

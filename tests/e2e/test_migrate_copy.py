@@ -7,7 +7,7 @@ receives rises to 100 with sizes that match the data.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,12 +27,6 @@ from tests.support.target import TargetHost
 from tests.support.tree import MiB, SpecialTree, build_special_tree
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
-    with EmulatorProcess(tmp_path / "emulator").started() as process:
-        yield process
 
 
 @pytest.fixture

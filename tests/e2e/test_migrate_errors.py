@@ -3,7 +3,7 @@ task `failed` (resumable with START), and nothing left running."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +17,6 @@ from tests.support.target import TargetHost
 from tests.support.tree import SpecialTree
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
-    with EmulatorProcess(tmp_path / "emulator").started() as process:
-        yield process
 
 
 @pytest.fixture

@@ -21,12 +21,6 @@ from tests.support.treecompare import compare_trees
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
 
-@pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
-    with EmulatorProcess(tmp_path / "emulator").started() as process:
-        yield process
-
-
 def _sh(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=60)
 

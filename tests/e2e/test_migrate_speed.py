@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,12 +26,6 @@ pytestmark = pytest.mark.root
 MIGRATE = "MIGRATE_LINUX_FILE"
 ALL_DAY = ("00:00", "23:59")
 TOLERANCE = 0.20
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
-    with EmulatorProcess(tmp_path / "emulator").started() as process:
-        yield process
 
 
 def write_random(path: Path, size_bytes: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -34,12 +34,6 @@ pytestmark = pytest.mark.root
 MIGRATE = "MIGRATE_LINUX_FILE"
 # 16 Mbit/s: the 20 MiB file takes about ten seconds.
 SLOW_WINDOW = [("00:00", "23:59", 16)]
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
-    with EmulatorProcess(tmp_path / "emulator").started() as process:
-        yield process
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Callable
 
@@ -29,12 +29,6 @@ from tests.support.tree import MiB, SpecialTree
 pytestmark = pytest.mark.root
 
 SYNC = "SYNC_LINUX_FILE"
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
-    with EmulatorProcess(tmp_path / "emulator").started() as process:
-        yield process
 
 
 @pytest.fixture

@@ -93,12 +93,6 @@ def source_root(tmp_path: Path) -> Iterator[Path]:
         _umount(root)
 
 
-@pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
-    with EmulatorProcess(tmp_path / "emulator").started() as process:
-        yield process
-
-
 @dataclass
 class Drill:
     """A task in the emulator for the target host, and what runs its drill."""

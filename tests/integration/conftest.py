@@ -1,4 +1,5 @@
-"""Fixtures: a real `smsagent emulator` process per test."""
+"""Fixtures of the whole-agent tests: a real `smsagent run` child against the test's emulator
+(the emulator fixtures themselves are suite-wide, in `tests/conftest.py`)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.emulator import EmulatorFactory, EmulatorProcess
+from tests.support.agent import AgentProcess
+from tests.support.emulator import EmulatorProcess
 
 
 @pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
-    """An emulator with the default flags (command delivery `once`, no faults), stopped after."""
-    with EmulatorProcess(tmp_path / "emulator").started() as process:
-        yield process
-
-
-@pytest.fixture
-def start_emulator(tmp_path: Path) -> Iterator[EmulatorFactory]:
-    """`start_emulator(command_delivery="repeat", seed=1)` starts one; all stop after the test."""
-    factory = EmulatorFactory(tmp_path)
-    yield factory
-    factory.stop_all()
+def agent(emulator: EmulatorProcess, tmp_path: Path) -> Iterator[AgentProcess]:
+    """An agent with `FAST_SETTINGS` started in `tmp_path / "agent"` against the `emulator`
+    the test uses (a module's own `emulator` fixture, when it has one); killed after."""
+    process = AgentProcess(emulator, tmp_path / "agent").start()
+    yield process
+    process.stop()

@@ -8,7 +8,6 @@ the agent did (its JSON log, the files it wrote), in both command delivery modes
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,13 +34,6 @@ def emulator(request: pytest.FixtureRequest, start_emulator: EmulatorFactory) ->
     """An emulator in each command delivery mode (`once` offers a command again after 3 s)."""
     mode: str = request.param
     return start_emulator(command_delivery=mode, redeliver_after=3)
-
-
-@pytest.fixture
-def agent(emulator: EmulatorProcess, tmp_path: Path) -> Iterator[AgentProcess]:
-    process = AgentProcess(emulator, tmp_path / "agent").start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,6 @@ CLEAN_EXIT_S = 5.0
 def emulator(start_emulator: EmulatorFactory) -> EmulatorProcess:
     # Each command is offered once: the resumed work must not depend on START coming again.
     return start_emulator(command_delivery="once", redeliver_after=3600)
-
-
-@pytest.fixture
-def agent(emulator: EmulatorProcess, tmp_path: Path) -> Iterator[AgentProcess]:
-    process = AgentProcess(emulator, tmp_path / "agent").start()
-    yield process
-    process.stop()
 
 
 def test_sigterm_during_a_copy_exits_0_and_the_next_start_resumes(

@@ -15,7 +15,6 @@ non-zero status: a live process that no longer acts on commands is worse than a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
@@ -122,8 +121,8 @@ class Dispatcher:
         ended = await self._slot.stop(CancelReason.shutdown, grace_s)
         if self._runner is not None:
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            # Waited for, not awaited: a runner that failed was reported when it did.
+            await asyncio.wait({self._runner})
         return ended
 
     def _supervised(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:

@@ -22,6 +22,7 @@ from smsagent.api.enums import SubtaskName
 from smsagent.api.errors import SmsError
 from smsagent.api.models import UpdateTaskSpeedReq
 from smsagent.inventory.usage import UsageSampler
+from smsagent.waits import wait_any
 
 log = structlog.get_logger(__name__)
 
@@ -143,7 +144,7 @@ class TaskProgress:
             if self._sent_at is not None and not self._forced.is_set():
                 wait_s = self._sent_at + self._interval_s - self._monotonic()
                 if wait_s > 0:
-                    await _wait_event(self._forced, wait_s)
+                    await wait_any(self._forced, timeout_s=wait_s)
             await self._send()
 
     async def _send(self) -> None:
@@ -178,16 +179,3 @@ class TaskProgress:
             agent_mem_usage=usage.agent_mem_mb,
             agent_time=self._now().strftime("%Y-%m-%dT%H:%M:%S"),
         )
-
-
-async def _wait_event(event: asyncio.Event, timeout_s: float) -> None:
-    """Return when `event` is set or `timeout_s` has passed.
-
-    Not `asyncio.wait_for`: before Python 3.12 it swallows a cancellation that arrives just as
-    the event is set, and `close()` would then wait for the sender for ever.
-    """
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait({waiter}, timeout=timeout_s)
-    finally:
-        waiter.cancel()

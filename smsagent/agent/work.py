@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from enum import Enum
-from typing import Callable, Generic, Optional, Protocol, TypeVar
+from typing import Callable, Final, Generic, Optional, Protocol, TypeVar
 
 ResultT = TypeVar("ResultT")
 
@@ -38,6 +38,41 @@ class StopResult(str, Enum):
     killed = "killed"
 
 
+class Flag:
+    """A flag that can be waited for. Its event is made on the first wait, so construction
+    touches no event loop (on Python 3.9 an event binds to the loop current when it is made)."""
+
+    def __init__(self) -> None:
+        self._raised = False
+        self._event: Optional[asyncio.Event] = None
+
+    @property
+    def raised(self) -> bool:
+        """Whether the flag is up."""
+        return self._raised
+
+    def raise_flag(self) -> None:
+        """Put the flag up and wake its waiters."""
+        self._raised = True
+        if self._event is not None:
+            self._event.set()
+
+    def lower(self) -> bool:
+        """Take the flag down; whether it was up."""
+        was_raised, self._raised = self._raised, False
+        if self._event is not None:
+            self._event.clear()
+        return was_raised
+
+    async def wait(self) -> None:
+        """Return once the flag is up."""
+        if self._raised:
+            return
+        if self._event is None:
+            self._event = asyncio.Event()
+        await self._event.wait()
+
+
 class CancelToken:
     """Tells work that it should stop, and why; and whether to skip the stage it is in.
 
@@ -47,7 +82,8 @@ class CancelToken:
     def __init__(self) -> None:
         self._reason: Optional[CancelReason] = None
         self._event: Optional[asyncio.Event] = None
-        self._skip_requested = False
+        self.skip_requests: Final = Flag()
+        """Up when a SKIP asked the work to skip its stage; a skippable stage waits on it."""
 
     @property
     def reason(self) -> Optional[CancelReason]:
@@ -83,12 +119,11 @@ class CancelToken:
 
     def request_skip(self) -> None:
         """Ask the work to skip the stage it is in, if that stage may be skipped."""
-        self._skip_requested = True
+        self.skip_requests.raise_flag()
 
     def take_skip(self) -> bool:
         """Whether a skip was requested since the last call (a skippable stage asks this)."""
-        requested, self._skip_requested = self._skip_requested, False
-        return requested
+        return self.skip_requests.lower()
 
 
 class WorkControl(Protocol):

@@ -11,6 +11,7 @@ import structlog
 from smsagent.api.errors import SmsError
 from smsagent.api.models import PutDiskInfoReq
 from smsagent.inventory.builder import build_disk_info, layout_fingerprint
+from smsagent.waits import wait_any
 
 log = structlog.get_logger()
 
@@ -63,10 +64,7 @@ class DiskReporter:
         """
         while not stop_event.is_set():
             await self.check_once(client, source_id, interval_s, clock)
-            try:
-                await asyncio.wait_for(stop_event.wait(), timeout=self.check_interval_s)
-            except asyncio.TimeoutError:
-                continue
+            await wait_any(stop_event, timeout_s=self.check_interval_s)
 
     async def check_once(
         self,

@@ -23,7 +23,6 @@ from smsagent.agent.handler_api import (
     StageProgress,
     State,
     TaskRecord,
-    WorkCancelled,
 )
 from smsagent.api.client import SmsClient
 from smsagent.api.errors import ErrorAction, SmsError
@@ -50,6 +49,7 @@ from smsagent.migration.rsync import PassKind, RetryPolicy, RsyncError
 from smsagent.migration.settings import MigrationSettings, SettingError, parse_settings
 from smsagent.migration.speedlimit import SpeedLimitWatch
 from smsagent.target.session import TargetError, TargetSession, check_host, store_private_key
+from smsagent.waits import wait_any
 
 T = TypeVar("T")
 # SMS errors worth another try within the work (the client renews a token by itself).
@@ -86,11 +86,8 @@ def _reason(exc: Exception) -> tuple[str, str]:
 
 async def _pause(ctx: HandlerContext, delay_s: float) -> None:
     """Wait `delay_s`, or raise `WorkCancelled` as soon as the work is asked to stop."""
-    try:
-        reason = await asyncio.wait_for(ctx.cancel.wait(), timeout=delay_s)
-    except asyncio.TimeoutError:
-        return
-    raise WorkCancelled(reason)
+    if await wait_any(ctx.cancel, timeout_s=delay_s):
+        ctx.cancel.raise_if_cancelled()
 
 
 async def _sms_call(
@@ -370,14 +367,10 @@ class _Migration:
         return report
 
     async def _watch_skip(self, stop: asyncio.Event) -> None:
-        """Set `stop` on a SKIP (polled: a skip request is a flag) or when the work must stop."""
+        """Set `stop` on a SKIP or when the work must stop."""
         cancel = self._ctx.cancel
-        while not cancel.take_skip():
-            try:
-                await asyncio.wait_for(cancel.wait(), timeout=self._options.skip_poll_s)
-            except asyncio.TimeoutError:
-                continue
-            break
+        await wait_any(cancel.skip_requests, cancel, timeout_s=None)
+        cancel.take_skip()
         stop.set()
 
     async def _send_results(self, report: VerifyReport) -> None:

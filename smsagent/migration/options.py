@@ -25,7 +25,6 @@ class MigrateOptions:
 
     Attributes:
         speed_limit_refresh_s: how often the speed-limit windows are read again.
-        skip_poll_s: how often a verification looks for a SKIP.
         retry_base_delay_s: first wait before rsync runs again after a network failure.
         retry_max_delay_s: longest such wait.
         save_interval_s: how often a stage's progress is written to the task record.
@@ -34,7 +33,6 @@ class MigrateOptions:
     """
 
     speed_limit_refresh_s: float = DEFAULT_REFRESH_S
-    skip_poll_s: float = 0.25
     retry_base_delay_s: float = 2.0
     retry_max_delay_s: float = 60.0
     save_interval_s: float = 5.0

@@ -36,6 +36,7 @@ from smsagent.migration.rsync_exit import (
     classify_exit,
 )
 from smsagent.migration.rsync_output import OutputParser, Progress, RecordCallback, RsyncStats
+from smsagent.waits import wait_any
 
 __all__ = [
     "DEFAULT_GRACE_S",
@@ -294,11 +295,7 @@ async def _wait_or_cancel(cancel: Optional[asyncio.Event], delay_s: float) -> bo
     if cancel is None:
         await asyncio.sleep(delay_s)
         return False
-    try:
-        await asyncio.wait_for(cancel.wait(), timeout=delay_s)
-    except asyncio.TimeoutError:
-        return False
-    return True
+    return await wait_any(cancel, timeout_s=delay_s)
 
 
 async def run_rsync_with_retries(

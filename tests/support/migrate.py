@@ -57,7 +57,6 @@ from tests.support.treecompare import compare_trees, rsync_differences
 # Short waits so that retries and re-reads happen within a test's time.
 FAST_OPTIONS = MigrateOptions(
     speed_limit_refresh_s=1.0,
-    skip_poll_s=0.05,
     retry_base_delay_s=0.2,
     retry_max_delay_s=1.0,
     save_interval_s=0.5,

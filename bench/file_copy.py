@@ -43,8 +43,8 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from smsagent.api.enums import CommandResult
-from smsagent.migration.handler import MigrateFileHandler
-from smsagent.migration.target import TargetSession
+from smsagent.migration.file_task import MigrateFileHandler
+from smsagent.target.session import TargetSession
 from tests.support.emulator import EmulatorProcess
 from tests.support.migrate import MigrationRig, migration_rig
 from tests.support.target import TargetHost, require_root

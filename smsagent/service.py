@@ -29,19 +29,18 @@ import structlog
 
 from smsagent import __version__
 from smsagent.agent.backoff import Outcome, Schedule
+from smsagent.agent.connect import make_client
 from smsagent.agent.dispatch import AgentParts, Dispatcher
-from smsagent.agent.handlers import HandlerLoadError, HandlerRegistry
 from smsagent.agent.health import HealthFile
 from smsagent.agent.ledger import Ledger, RepeatGuard
 from smsagent.agent.outbox import Outbox
 from smsagent.agent.poller import Identity, LoopHealth, Poller
 from smsagent.agent.registration import register
+from smsagent.agent.registry import HandlerLoadError, HandlerRegistry
 from smsagent.agent.statedir import StateDirError, require_usable_state_dir
 from smsagent.agent.store import AGENT, ConnectionTracker, Store
-from smsagent.api.auth import AkSkCredentials, Credentials, IamTokenCredentials, TokenCredentials
-from smsagent.api.client import SmsClient
 from smsagent.api.errors import SmsError
-from smsagent.config import AuthMode, ConfigError, Settings, load_settings
+from smsagent.config import ConfigError, Settings, load_settings
 from smsagent.errors import StartupError
 from smsagent.inventory.builder import (
     InventoryOptions,
@@ -59,39 +58,6 @@ RESULT_FLUSH_TIMEOUT_S: Final = 5.0
 REGISTRATION_CAP_S: Final = 300.0
 EXIT_OK: Final = 0
 EXIT_CRASHED: Final = 1
-
-
-def make_credentials(settings: Settings) -> Credentials:
-    """The credentials object for the configured auth mode."""
-    mode = settings.auth_mode
-    if mode is AuthMode.aksk:
-        assert settings.ak is not None and settings.sk is not None
-        return AkSkCredentials(settings.ak, settings.sk, settings.project_id)
-    if mode is AuthMode.token:
-        assert settings.token is not None
-        return TokenCredentials(settings.token, settings.project_id)
-    assert settings.iam_user and settings.iam_password and settings.iam_domain
-    return IamTokenCredentials(
-        iam_endpoint=settings.iam_endpoint,
-        user=settings.iam_user,
-        password=settings.iam_password,
-        domain=settings.iam_domain,
-        project_id=settings.project_id,
-        refresh_margin_s=settings.iam_token_refresh_margin,
-    )
-
-
-def make_client(settings: Settings) -> SmsClient:
-    """The SMS client the settings describe."""
-    return SmsClient(
-        settings.endpoint,
-        make_credentials(settings),
-        connect_timeout_s=settings.connect_timeout,
-        read_timeout_s=settings.read_timeout,
-        verify_tls=settings.verify_tls,
-        ca_bundle=settings.ca_bundle,
-        proxy=settings.proxy,
-    )
 
 
 def stall_limit_s(settings: Settings) -> float:

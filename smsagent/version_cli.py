@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from smsagent import __version__
-from smsagent.agent.handlers import HandlerLoadError, HandlerRegistry
+from smsagent.agent.registry import HandlerLoadError, HandlerRegistry
 
 
 def main(argv: Sequence[str]) -> int:

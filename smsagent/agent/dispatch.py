@@ -27,10 +27,10 @@ from smsagent.agent.handler_api import (
     HandlerContext,
     HandlerOutcome,
 )
-from smsagent.agent.handlers import HandlerRegistry, invoke
 from smsagent.agent.ledger import Ledger
 from smsagent.agent.machine import WORK_ACTIONS, Action, State
 from smsagent.agent.progress import TaskProgress
+from smsagent.agent.registry import HandlerRegistry, invoke
 from smsagent.agent.work import CancelReason, CancelToken, StopResult, WorkSlot
 from smsagent.api.client import SmsClient
 from smsagent.api.enums import CommandResult

@@ -1,9 +1,11 @@
 """What a handler sees: the `Handler` protocol, the `CommandEnvelope` it is given, the
 `HandlerContext` it works through and the `HandlerOutcome` it returns.
 
-Plugins import from this module only. A handler never writes the state directory itself: it
-changes its task's record through `HandlerContext.update_task`, which the agent's ledger
-persists before the call returns.
+It is the one module of `smsagent.agent` a plugin imports, the built-in handlers included, so it
+also re-exports what they need of the machine (`State`, `Action`), the task record (`TaskRecord`,
+`StageProgress`) and the work (`CancelToken`, `CancelReason`, `WorkCancelled`, `StopResult`,
+`WorkControl`). A handler never writes the state directory itself: it changes its task's record
+through `HandlerContext.update_task`, which the agent's ledger persists before the call returns.
 """
 
 from __future__ import annotations
@@ -18,12 +20,31 @@ from structlog.typing import FilteringBoundLogger
 
 from smsagent.agent.machine import Action, State
 from smsagent.agent.outbox import ResultKey
-from smsagent.agent.store import TaskRecord
-from smsagent.agent.work import CancelToken, WorkControl
+from smsagent.agent.store import StageProgress, TaskRecord
+from smsagent.agent.work import CancelReason, CancelToken, StopResult, WorkCancelled, WorkControl
 from smsagent.api.client import SmsClient
 from smsagent.api.enums import CommandName, CommandResult, SubtaskName
 from smsagent.api.models import Task
 from smsagent.config import Settings
+
+__all__ = [
+    "SETTLED_STATES",
+    "Action",
+    "CancelReason",
+    "CancelToken",
+    "CommandEnvelope",
+    "Handler",
+    "HandlerContext",
+    "HandlerOutcome",
+    "ProgressReporter",
+    "StageProgress",
+    "State",
+    "StopResult",
+    "TaskLedger",
+    "TaskRecord",
+    "WorkCancelled",
+    "WorkControl",
+]
 
 # States an outcome may leave the task in; the transitional ones belong to the machine.
 SETTLED_STATES: Final = frozenset(

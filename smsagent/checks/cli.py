@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Final, Optional
 
 from smsagent import log as logging_setup
+from smsagent.agent.connect import make_client
 from smsagent.checks.endpoint import CLOCK, CREDENTIALS, ENDPOINT, TLS_FAILED, endpoint_checks
 from smsagent.checks.install import install_checks
 from smsagent.checks.local import run_local_checks
 from smsagent.checks.model import Check, all_failed_as, bounded, first_error
 from smsagent.checks.render import render_json, render_table
 from smsagent.config import DEFAULT_ENV_FILE, ConfigError, Settings, load_settings
-from smsagent.service import make_client
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1

@@ -31,7 +31,7 @@ from smsagent.checks.model import (
 )
 from smsagent.checks.network import NetworkMeasurement, NetworkOptions, measure_network
 from smsagent.config import Settings
-from smsagent.migration.target import TargetSession, TaskKeyPaths, store_private_key
+from smsagent.target.session import TargetSession, TaskKeyPaths, store_private_key
 
 log = structlog.get_logger(__name__)
 

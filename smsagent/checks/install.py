@@ -11,8 +11,8 @@ from typing import Final, Optional
 
 from pydantic import JsonValue
 
-from smsagent.agent.handlers import HandlerLoadError, HandlerRegistry
 from smsagent.agent.health import read_health
+from smsagent.agent.registry import HandlerLoadError, HandlerRegistry
 from smsagent.agent.statedir import inspect_state_dir
 from smsagent.checks.model import Check
 

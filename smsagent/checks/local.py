@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Callable, Final, Optional
 
 from smsagent.checks.model import Check, all_failed_as, bounded
-from smsagent.migration.childproc import DEFAULT_PATH
-from smsagent.migration.mounts import (
+from smsagent.childproc import DEFAULT_PATH
+from smsagent.inventory.mounts import (
     MOUNTINFO,
     MountEntry,
     MountSelection,

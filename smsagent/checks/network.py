@@ -21,8 +21,8 @@ from smsagent.api.enums import CheckResult
 from smsagent.api.models import NetworkCheckInfoRequestBody
 from smsagent.checks.model import Check
 from smsagent.checks.target import connect_once
-from smsagent.migration.childproc import LineTail, drain_into, minimal_env, stop_process
-from smsagent.migration.target import (
+from smsagent.childproc import LineTail, drain_into, minimal_env, stop_process
+from smsagent.target.session import (
     CONNECT_TIMEOUT,
     SSH_EXIT_FAILED,
     SSH_FAILED,

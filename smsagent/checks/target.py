@@ -13,7 +13,7 @@ from typing import Final, Optional
 from smsagent.api.models import Task
 from smsagent.checks.local import human_bytes
 from smsagent.checks.model import Check
-from smsagent.migration.target import (
+from smsagent.target.session import (
     CONNECT_REFUSED,
     CONNECT_TIMEOUT,
     SSH_FAILED,

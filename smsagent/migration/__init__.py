@@ -1,1 +1,1 @@
-"""The local migration work: pipeline, rsync runner, target session, progress."""
+"""MIGRATE_FILE: its handler, the work of a task, the rsync movers, pipeline and verification."""

@@ -33,7 +33,7 @@ from smsagent.migration.rsync import (
 from smsagent.migration.rsync_exit import guarded_rsync_path
 from smsagent.migration.settings import ConsistencyMode
 from smsagent.migration.streams import work_units
-from smsagent.migration.target import TargetSession
+from smsagent.target.session import TargetSession
 
 log = structlog.get_logger(__name__)
 

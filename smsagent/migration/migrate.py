@@ -1,4 +1,4 @@
-"""The work of a MIGRATE_FILE command: the stages `handler.py` describes, run for one task.
+"""The work of a MIGRATE_FILE command: the stages `file_task.py` describes, run for one task.
 
 Imported by `MigrateFileHandler` on its first command, so that an agent waiting for work does
 not hold the movers, the drill and the verification in memory.
@@ -15,34 +15,40 @@ from typing import Callable, Final, Optional, TypeVar
 
 from pydantic import JsonValue
 
-from smsagent.agent.handlers import CommandEnvelope, HandlerContext, HandlerOutcome
-from smsagent.agent.machine import Action, State
-from smsagent.agent.store import StageProgress, TaskRecord
+from smsagent.agent.handler_api import (
+    Action,
+    CommandEnvelope,
+    HandlerContext,
+    HandlerOutcome,
+    StageProgress,
+    State,
+    TaskRecord,
+)
 from smsagent.api.client import SmsClient
 from smsagent.api.errors import ErrorAction, SmsError
 from smsagent.api.models import SetConsistencyResultRequestBody, SpeedLimitWindow, Task
 from smsagent.checks.drill import TASK_KEY_MISSING
+from smsagent.checks.premigrate import run_premigrate
 from smsagent.checks.target import TARGET_NO_ADDRESS
+from smsagent.childproc import kill_leftover_movers
 from smsagent.config import DEFAULT_ENV_FILE
-from smsagent.handlers.premigrate import run_premigrate
+from smsagent.inventory.mounts import read_mountinfo
 from smsagent.log import scrub
-from smsagent.migration.childproc import kill_leftover_movers
 from smsagent.migration.consistency import VerifyReport, plan_verification, verify
 from smsagent.migration.excludes import PathListError
-from smsagent.migration.handler import (
+from smsagent.migration.options import (
     ERROR_SETTING,
     ERROR_SMS_UNREACHABLE,
     ERROR_SOURCE,
     VERIFY_STAGE,
     MigrateOptions,
 )
-from smsagent.migration.mounts import read_mountinfo
 from smsagent.migration.pipeline import PassOptions, PassRunner, PassSummary
 from smsagent.migration.plan import STAGES, SourcePlan, build_pass, copy_rules, plan_source
 from smsagent.migration.rsync import PassKind, RetryPolicy, RsyncError
 from smsagent.migration.settings import MigrationSettings, SettingError, parse_settings
 from smsagent.migration.speedlimit import SpeedLimitWatch
-from smsagent.migration.target import TargetError, TargetSession, check_host, store_private_key
+from smsagent.target.session import TargetError, TargetSession, check_host, store_private_key
 from smsagent.waits import wait_any
 
 T = TypeVar("T")

@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Optional
 
-from smsagent.agent.handlers import HandlerContext
-from smsagent.migration.childproc import mover_env
+from smsagent.agent.handler_api import HandlerContext
+from smsagent.childproc import mover_env
 from smsagent.migration.plan import PassSpec
 from smsagent.migration.rsync import (
     ExitClass,
@@ -30,7 +30,7 @@ from smsagent.migration.rsync import (
     run_rsync_with_retries,
 )
 from smsagent.migration.speedlimit import SpeedLimitWatch
-from smsagent.migration.target import TargetSession
+from smsagent.target.session import TargetSession
 
 # Until a pass has ended its progress stays below this share: rsync's own 100 % is no proof.
 SHOWN_CEILING: Final = 0.99

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Final
 
 from smsagent.api.enums import SubtaskName
+from smsagent.inventory.mounts import MountEntry, MountSelection, select_filesystems
 from smsagent.migration.excludes import filter_rules, migrate_excludes, sync_excludes
-from smsagent.migration.mounts import MountEntry, MountSelection, select_filesystems
 from smsagent.migration.rsync import (
     PassKind,
     RsyncJob,

@@ -17,7 +17,7 @@ from typing import Callable, Final, Optional
 
 import structlog
 
-from smsagent.migration.childproc import LineTail, drain_into, end_group, minimal_env, stop_process
+from smsagent.childproc import LineTail, drain_into, end_group, minimal_env, stop_process
 from smsagent.migration.rsync_argv import (
     DEFAULT_IO_TIMEOUT_S,
     PARTIAL_DIR,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final, Optional
 
-from smsagent.migration.target import TargetSession
+from smsagent.target.session import TargetSession
 
 PARTIAL_DIR: Final = ".rsync-partial"
 DEFAULT_IO_TIMEOUT_S: Final = 600

@@ -10,7 +10,7 @@ from enum import Enum
 from typing import Final, Optional
 
 from smsagent.migration.rsync_argv import PassKind
-from smsagent.migration.target import AUTH_REFUSED, HOST_KEY_CHANGED
+from smsagent.target.session import AUTH_REFUSED, HOST_KEY_CHANGED
 
 # SMS error codes of the data copy (spec §6.3).
 MIGRATE_FAILED: Final = "SMS.0805"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smsagent.migration.target import TargetSession, store_private_key
+from smsagent.target.session import TargetSession, store_private_key
 from tests.support.target import TargetHost, require_root
 from tests.support.tree import MiB, SpecialTree, build_special_tree
 

@@ -14,7 +14,7 @@ import pytest
 
 from smsagent.agent.machine import State
 from smsagent.api.enums import CommandResult
-from smsagent.migration.handler import VERIFY_STAGE
+from smsagent.migration.options import VERIFY_STAGE
 from tests.support.emulator import EmulatorProcess
 from tests.support.migrate import (
     MigrationRig,

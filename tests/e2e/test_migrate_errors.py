@@ -10,7 +10,7 @@ import pytest
 
 from smsagent.agent.machine import State
 from smsagent.api.enums import CommandResult
-from smsagent.migration.handler import ERROR_SETTING
+from smsagent.migration.options import ERROR_SETTING
 from tests.support.emulator import EmulatorProcess
 from tests.support.migrate import MigrationRig, Settled, migration_rig, mover_processes
 from tests.support.target import TargetHost

@@ -16,7 +16,7 @@ import pytest
 
 from smsagent.agent.machine import State
 from smsagent.api.enums import CommandResult
-from smsagent.migration.handler import VERIFY_STAGE
+from smsagent.migration.options import VERIFY_STAGE
 from tests.support.emulator import EmulatorProcess
 from tests.support.migrate import MigrationRig, assert_identical, migration_rig
 from tests.support.target import TargetHost

@@ -26,7 +26,7 @@ from smsagent.checks.drill import TASK_KEY_MISSING, DrillOptions, DrillReport, r
 from smsagent.checks.network import NetworkOptions
 from smsagent.checks.target import TARGET_NO_RSYNC, TARGET_ROOT_MISSING, TARGET_SPACE_SHORT
 from smsagent.config import Settings
-from smsagent.migration.target import (
+from smsagent.target.session import (
     AUTH_REFUSED,
     CONNECT_REFUSED,
     CONNECT_TIMEOUT,

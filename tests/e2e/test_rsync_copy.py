@@ -23,7 +23,7 @@ from smsagent.migration.rsync import (
     run_rsync_with_retries,
 )
 from smsagent.migration.rsync_output import Progress
-from smsagent.migration.target import TargetSession
+from smsagent.target.session import TargetSession
 from tests.support.target import TargetHost
 from tests.support.tree import MiB, SpecialTree, build_special_tree
 from tests.support.treecompare import compare_trees, rsync_differences

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from smsagent.inventory.mounts import read_mountinfo, select_filesystems
 from smsagent.migration.excludes import filter_rules, migrate_excludes, sync_excludes
-from smsagent.migration.mounts import read_mountinfo, select_filesystems
 from smsagent.migration.rsync import (
     ExitClass,
     PassKind,
@@ -22,7 +22,7 @@ from smsagent.migration.rsync import (
     run_rsync,
 )
 from smsagent.migration.streams import Stream, plan_streams
-from smsagent.migration.target import TargetSession
+from smsagent.target.session import TargetSession
 from tests.support.target import TargetHost
 from tests.support.tree import SpecialTree
 from tests.support.treecompare import compare_trees, rsync_differences

@@ -16,7 +16,7 @@ from smsagent.migration.rsync import (
     run_rsync,
     run_rsync_with_retries,
 )
-from smsagent.migration.target import (
+from smsagent.target.session import (
     AUTH_REFUSED,
     CONNECT_REFUSED,
     CONNECT_TIMEOUT,

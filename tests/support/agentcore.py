@@ -19,15 +19,9 @@ from typing import Any, Callable, Optional
 import structlog
 from pydantic import SecretStr
 
-from smsagent.agent.handlers import (
-    CommandEnvelope,
-    Handler,
-    HandlerContext,
-    HandlerOutcome,
-    HandlerRegistry,
-    invoke,
-)
+from smsagent.agent.handler_api import CommandEnvelope, Handler, HandlerContext, HandlerOutcome
 from smsagent.agent.machine import Action
+from smsagent.agent.registry import HandlerRegistry, invoke
 from smsagent.agent.store import TASK, Store, TaskRecord
 from smsagent.agent.work import CancelToken, WorkControl, WorkSlot
 from smsagent.api.auth import TokenCredentials

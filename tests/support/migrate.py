@@ -31,16 +31,10 @@ from typing import Any, Callable, Optional
 import structlog
 from pydantic import SecretStr
 
-from smsagent.agent.handlers import (
-    CommandEnvelope,
-    Handler,
-    HandlerContext,
-    HandlerOutcome,
-    HandlerRegistry,
-    invoke,
-)
+from smsagent.agent.handler_api import CommandEnvelope, Handler, HandlerContext, HandlerOutcome
 from smsagent.agent.machine import WORK_ACTIONS, Action, State, decide, recover
 from smsagent.agent.progress import TaskProgress
+from smsagent.agent.registry import HandlerRegistry, invoke
 from smsagent.agent.store import TASK, Store, TaskRecord
 from smsagent.agent.work import CancelReason, CancelToken, WorkSlot
 from smsagent.api.auth import TokenCredentials
@@ -53,7 +47,8 @@ from smsagent.api.models import (
     SpeedLimitWindow,
 )
 from smsagent.config import Settings
-from smsagent.migration.handler import TASK_TYPE, MigrateFileHandler, MigrateOptions
+from smsagent.migration.file_task import MigrateFileHandler
+from smsagent.migration.options import TASK_TYPE, MigrateOptions
 from tests.support.agentcore import StoreTasks, agent_settings, settle_in_store
 from tests.support.emulator import EmulatorProcess
 from tests.support.target import TargetHost
@@ -62,7 +57,6 @@ from tests.support.treecompare import compare_trees, rsync_differences
 # Short waits so that retries and re-reads happen within a test's time.
 FAST_OPTIONS = MigrateOptions(
     speed_limit_refresh_s=1.0,
-    skip_poll_s=0.05,
     retry_base_delay_s=0.2,
     retry_max_delay_s=1.0,
     save_interval_s=0.5,

@@ -15,14 +15,14 @@ WORK_ONLY_MODULES = (
     "smsagent.migration.plan",
     "smsagent.migration.rsync",
     "smsagent.migration.consistency",
-    "smsagent.handlers.premigrate",
+    "smsagent.checks.premigrate",
     "smsagent.checks.drill",
     "statistics",
 )
 
 PROBE = """
 import json, sys
-from smsagent.agent.handlers import HandlerRegistry
+from smsagent.agent.registry import HandlerRegistry
 from smsagent.sdnotify import Notifier
 import smsagent.service
 registry = HandlerRegistry.load()

@@ -12,8 +12,8 @@ import pytest
 
 from smsagent.agent.dispatch import AgentParts, Dispatcher
 from smsagent.agent.handler_api import CommandEnvelope, HandlerOutcome
-from smsagent.agent.handlers import HandlerRegistry
 from smsagent.agent.machine import Action
+from smsagent.agent.registry import HandlerRegistry
 from smsagent.api.enums import CommandName
 from tests.support.agentcore import agent_settings, idle_client
 

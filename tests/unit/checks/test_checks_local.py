@@ -25,7 +25,7 @@ from smsagent.checks.local import (
     speed_limit_check,
     used_bytes_of,
 )
-from smsagent.migration.mounts import parse_mountinfo, select_filesystems
+from smsagent.inventory.mounts import parse_mountinfo, select_filesystems
 
 OK, WARN, ERROR = CheckResult.OK, CheckResult.WARN, CheckResult.ERROR
 

@@ -22,7 +22,7 @@ from smsagent.checks.network import (
     parse_cpu_times,
     upload_rate,
 )
-from smsagent.migration.target import AUTH_REFUSED, SSH_FAILED, TargetError
+from smsagent.target.session import AUTH_REFUSED, SSH_FAILED, TargetError
 
 PROC_STAT = """\
 cpu  4705 356 584 3699 23 23 0 0 0 0

@@ -18,7 +18,7 @@ from smsagent.checks.target import (
     space_check,
     target_address,
 )
-from smsagent.migration.target import CONNECT_REFUSED
+from smsagent.target.session import CONNECT_REFUSED
 
 OK, WARN, ERROR = CheckResult.OK, CheckResult.WARN, CheckResult.ERROR
 MiB = 1024 * 1024

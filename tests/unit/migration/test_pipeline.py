@@ -17,7 +17,7 @@ from smsagent.agent.work import CancelReason, CancelToken, WorkCancelled
 from smsagent.api.enums import SubtaskName
 from smsagent.api.models import SpeedLimitWindow
 from smsagent.config import Settings
-from smsagent.migration.mounts import read_mountinfo
+from smsagent.inventory.mounts import read_mountinfo
 from smsagent.migration.pipeline import PassOptions, PassProgress, PassRunner
 from smsagent.migration.plan import PassSpec, SourcePlan, build_pass, copy_rules, plan_source
 from smsagent.migration.rsync import (

@@ -21,7 +21,7 @@ from smsagent.migration.rsync import (
     bwlimit_kib_s,
     classify_exit,
 )
-from smsagent.migration.target import AUTH_REFUSED, HOST_KEY_CHANGED, TargetSession
+from smsagent.target.session import AUTH_REFUSED, HOST_KEY_CHANGED, TargetSession
 
 
 def _session() -> TargetSession:

@@ -25,10 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Final, Optional
 
-from smsagent.agent.handlers import CommandEnvelope, HandlerContext, HandlerOutcome
-from smsagent.agent.machine import Action, State
-from smsagent.agent.store import TaskRecord
-from smsagent.agent.work import WorkCancelled
+from smsagent.agent.handler_api import (
+    Action,
+    CommandEnvelope,
+    HandlerContext,
+    HandlerOutcome,
+    State,
+    TaskRecord,
+    WorkCancelled,
+)
 from smsagent.api.enums import CommandName, SubtaskName
 
 TASK_TYPE: Final = "FSCOPY_TEST"

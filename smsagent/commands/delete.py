@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from smsagent.agent.handlers import CommandEnvelope, HandlerContext, HandlerOutcome
-from smsagent.agent.machine import State
+from smsagent.agent.handler_api import CommandEnvelope, HandlerContext, HandlerOutcome, State
 from smsagent.api.enums import CommandName
-from smsagent.handlers.stop import stop_work
+from smsagent.commands.stop import stop_work
 
 
 class DeleteHandler:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smsagent.migration.target import (
+from smsagent.target.session import (
     AUTH_REFUSED,
     CONNECT_REFUSED,
     CONNECT_TIMEOUT,

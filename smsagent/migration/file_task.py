@@ -11,49 +11,19 @@ resumes at the stage it was in, and skipping the stages already done:
 The task is then `replicated`. START on a replicated task runs one `SYNC_LINUX_FILE` pass; for a
 task with `syncing` the passes repeat every `sync_interval` within the same work until a STOP or
 TASK_HAS_FINISHED ends it (the state stays `running` in stage `SYNC_LINUX_FILE`, which SMS shows
-as syncing). PREMIGRATE runs the migration drill (`smsagent.handlers.premigrate`).
+as syncing). PREMIGRATE runs the migration drill (`smsagent.checks.premigrate`).
 
-This module is what the registry loads at start-up: the handler and its constants. The work
-itself is in `migrate.py`, imported on the first command.
+This module is what the registry loads at start-up: the handler alone. Its names and timings are
+in `options.py`; the work itself is in `migrate.py`, imported on the first command.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Final, Optional
+from typing import ClassVar, Optional
 
-from smsagent.agent.handlers import CommandEnvelope, HandlerContext, HandlerOutcome
+from smsagent.agent.handler_api import CommandEnvelope, HandlerContext, HandlerOutcome
 from smsagent.api.enums import CommandName
-from smsagent.migration.speedlimit import DEFAULT_REFRESH_S
-
-TASK_TYPE: Final = "MIGRATE_FILE"
-VERIFY_STAGE: Final = "VERIFY_LINUX_FILE"
-ERROR_SETTING: Final = "SMSAGENT.TASK_SETTING"
-ERROR_SOURCE: Final = "SMS.5108"  # the source's file systems cannot be measured
-ERROR_SMS_UNREACHABLE: Final = "SMS.0201"
-
-
-@dataclass(frozen=True)
-class MigrateOptions:
-    """Timings of the migration work (the defaults suit production; tests shorten them).
-
-    Attributes:
-        speed_limit_refresh_s: how often the speed-limit windows are read again.
-        skip_poll_s: how often a verification looks for a SKIP.
-        retry_base_delay_s: first wait before rsync runs again after a network failure.
-        retry_max_delay_s: longest such wait.
-        save_interval_s: how often a stage's progress is written to the task record.
-        sms_attempts: tries of each SMS call the work needs (when its error is retryable).
-        sms_retry_delay_s: wait between those tries.
-    """
-
-    speed_limit_refresh_s: float = DEFAULT_REFRESH_S
-    skip_poll_s: float = 0.25
-    retry_base_delay_s: float = 2.0
-    retry_max_delay_s: float = 60.0
-    save_interval_s: float = 5.0
-    sms_attempts: int = 3
-    sms_retry_delay_s: float = 2.0
+from smsagent.migration.options import TASK_TYPE, MigrateOptions
 
 
 class MigrateFileHandler:
@@ -72,7 +42,8 @@ class MigrateFileHandler:
     async def handle(self, ctx: HandlerContext, command: CommandEnvelope) -> HandlerOutcome:
         """Run the work the machine decided for this task."""
         # Imported on the first command: an agent waiting for work stays without the movers,
-        # the drill and the verification (about 1.5 MB of resident memory).
+        # the drill and the verification (about 1.5 MB of resident memory). `migrate.py` takes
+        # what it shares with this module from `options.py`, so this import hides no cycle.
         from smsagent.migration.migrate import handle_command
 
         return await handle_command(ctx, command, self._options)

@@ -8,13 +8,15 @@ from typing import Any
 
 import pytest
 
-from smsagent.agent.handlers import CommandEnvelope, HandlerRegistry
+from smsagent.agent.handler_api import CommandEnvelope
 from smsagent.agent.machine import Action, State
+from smsagent.agent.registry import HandlerRegistry
 from smsagent.agent.store import Store
 from smsagent.api.enums import CommandName, CommandResult
 from smsagent.api.models import Task
-from smsagent.migration.handler import ERROR_SETTING, TASK_TYPE, MigrateFileHandler
+from smsagent.migration.file_task import MigrateFileHandler
 from smsagent.migration.migrate import destination_root, target_address
+from smsagent.migration.options import ERROR_SETTING, TASK_TYPE
 from smsagent.migration.settings import SettingError
 from tests.support.agentcore import Runner, agent_settings
 

@@ -1,4 +1,4 @@
-"""Child processes of the data movers: a minimal environment, bounded capture, the stop sequence."""
+"""Child processes the agent starts (movers, ssh): minimal environment, bounded output, the stop."""
 
 from __future__ import annotations
 

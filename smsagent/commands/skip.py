@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from smsagent.agent.handlers import CommandEnvelope, HandlerContext, HandlerOutcome
+from smsagent.agent.handler_api import CommandEnvelope, HandlerContext, HandlerOutcome
 from smsagent.api.enums import CommandName
 
 

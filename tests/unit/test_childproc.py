@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from smsagent.migration.childproc import LineTail, live_group_members, minimal_env, stop_process
+from smsagent.childproc import LineTail, live_group_members, minimal_env, stop_process
 from tests.support.target import wait_none_left
 
 # A group leader like rsync's: on SIGTERM it exits without waiting for its helper. The helper

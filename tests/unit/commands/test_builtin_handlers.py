@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pytest
 
-from smsagent.agent.handlers import CommandEnvelope, HandlerContext, HandlerOutcome
+from smsagent.agent.handler_api import CommandEnvelope, HandlerContext, HandlerOutcome
 from smsagent.agent.machine import Action, State
 from smsagent.agent.store import TASK, TaskRecord
 from smsagent.agent.work import CancelReason

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import ClassVar, Final
 
-from smsagent.agent.handlers import CommandEnvelope, HandlerContext, HandlerOutcome
-from smsagent.agent.machine import State
-from smsagent.agent.work import CancelReason, StopResult
+from smsagent.agent.handler_api import (
+    CancelReason,
+    CommandEnvelope,
+    HandlerContext,
+    HandlerOutcome,
+    State,
+    StopResult,
+)
 from smsagent.api.enums import CommandName
 
 # Work gets `stop_grace` to end its child processes; this much more covers its own cleanup.

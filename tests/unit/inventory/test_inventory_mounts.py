@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from smsagent.migration.mounts import (
+from smsagent.inventory.mounts import (
     MountEntry,
     parse_mountinfo,
     read_mountinfo,

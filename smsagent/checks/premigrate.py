@@ -11,9 +11,14 @@ import asyncio
 import contextlib
 from typing import Final
 
-from smsagent.agent.handlers import CommandEnvelope, HandlerContext, HandlerOutcome
-from smsagent.agent.machine import State
-from smsagent.agent.work import CancelReason, WorkCancelled
+from smsagent.agent.handler_api import (
+    CancelReason,
+    CommandEnvelope,
+    HandlerContext,
+    HandlerOutcome,
+    State,
+    WorkCancelled,
+)
 from smsagent.checks.drill import run_drill
 
 ERROR_NO_SERVER_ID: Final = "SMSAGENT.NOT_REGISTERED"

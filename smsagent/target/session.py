@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Optional
 
-from smsagent.migration.childproc import (
+from smsagent.childproc import (
     LineTail,
     drain_into,
     kill_group,

@@ -1,11 +1,11 @@
-"""Command handlers: the registry that loads them from the `smsagent.handlers` entry-point
-group, and the boundary every handler call passes.
+"""The handler registry: loads handlers from the `smsagent.handlers` entry-point group, and
+`invoke`, the boundary every handler call passes.
 
 A handler serves either commands by name (`commands`: STOP, SKIP, DELETE, ...) or the work of
 task types (`task_types`: START, PREMIGRATE and SYNC of `MIGRATE_FILE`, a plugin's own type).
 Built-ins and plugins load the same way, once at startup, and are validated then: a broken or
 clashing handler stops the agent from starting with an error naming it and its distribution.
-The protocol, context and outcome types live in `handler_api` and are re-exported here.
+What a handler itself sees (protocol, context, outcome) is `handler_api`.
 """
 
 from __future__ import annotations
@@ -19,14 +19,7 @@ from typing import Any, Callable, Final, Optional
 
 import structlog
 
-from smsagent.agent.handler_api import (
-    SETTLED_STATES,
-    CommandEnvelope,
-    Handler,
-    HandlerContext,
-    HandlerOutcome,
-    ProgressReporter,
-)
+from smsagent.agent.handler_api import CommandEnvelope, Handler, HandlerContext, HandlerOutcome
 from smsagent.agent.machine import WORK_ACTIONS, Action, State
 from smsagent.agent.work import CancelReason, WorkCancelled
 from smsagent.api.enums import CommandName
@@ -37,16 +30,10 @@ __all__ = [
     "ERROR_HANDLER_FAILED",
     "ERROR_NO_HANDLER",
     "REQUIRED_COMMANDS",
-    "SETTLED_STATES",
     "WORK_COMMANDS",
-    "CommandEnvelope",
-    "Handler",
-    "HandlerContext",
     "HandlerInfo",
     "HandlerLoadError",
-    "HandlerOutcome",
     "HandlerRegistry",
-    "ProgressReporter",
     "invoke",
     "no_handler_outcome",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from smsagent.agent.handlers import HandlerOutcome
+from smsagent.agent.handler_api import HandlerOutcome
 from smsagent.agent.machine import Action, State, decide
 from smsagent.agent.store import TASK, TaskRecord
 from smsagent.agent.work import CancelReason

@@ -11,21 +11,20 @@ import pytest
 from structlog.testing import capture_logs
 
 from smsagent import log
-from smsagent.agent.handlers import (
+from smsagent.agent.handler_api import CommandEnvelope, HandlerOutcome
+from smsagent.agent.machine import Action, State
+from smsagent.agent.registry import (
     ERROR_HANDLER_FAILED,
     ERROR_NO_HANDLER,
-    CommandEnvelope,
     HandlerLoadError,
-    HandlerOutcome,
     HandlerRegistry,
     invoke,
 )
-from smsagent.agent.machine import Action, State
 from smsagent.agent.store import Store
 from smsagent.agent.work import CancelReason, WorkCancelled
 from smsagent.api.enums import CommandName, CommandResult
-from smsagent.handlers.skip import SkipHandler
-from smsagent.handlers.stop import StopHandler
+from smsagent.commands.skip import SkipHandler
+from smsagent.commands.stop import StopHandler
 from tests.support.agentcore import agent_settings, handler_context, write_distribution
 
 _unique = itertools.count()
@@ -50,7 +49,7 @@ def _plugin(
 ) -> Distribution:
     module = _module()
     source = (
-        "from smsagent.agent.handlers import HandlerOutcome\n"
+        "from smsagent.agent.handler_api import HandlerOutcome\n"
         "from smsagent.api.enums import CommandName\n" + body
     )
     return write_distribution(site, name, {entry: f"{module}:Plugin"}, {module: source}, version)

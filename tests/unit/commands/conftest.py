@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smsagent.agent.handlers import HandlerRegistry
+from smsagent.agent.registry import HandlerRegistry
 from smsagent.agent.store import Store
 from smsagent.config import Settings
 from tests.support.agentcore import Runner, agent_settings

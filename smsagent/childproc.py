@@ -12,6 +12,8 @@ from collections import deque
 from pathlib import Path
 from typing import Final, Optional
 
+from smsagent.waits import within
+
 # The environment a mover's child gets. Nothing else is inherited: the agent's own environment
 # may hold credentials, and a child's environment is readable in /proc by its owner.
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -175,7 +177,7 @@ async def stop_process(proc: asyncio.subprocess.Process, grace_s: float) -> None
     deadline = time.monotonic() + grace_s
     terminate_leader(proc)
     try:
-        await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=grace_s)
+        await within(asyncio.shield(proc.wait()), grace_s)
         await end_group(proc, deadline - time.monotonic())
     except asyncio.TimeoutError:
         pass

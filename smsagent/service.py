@@ -50,7 +50,7 @@ from smsagent.inventory.builder import (
 )
 from smsagent.inventory.reporter import DiskReporter
 from smsagent.sdnotify import Notifier
-from smsagent.waits import run_within, wait_any
+from smsagent.waits import wait_any, within
 
 log = structlog.get_logger(__name__)
 
@@ -275,7 +275,9 @@ class Service:
 
     async def _flush_results(self, poller: Poller) -> None:
         try:
-            await run_within(poller.deliver_results(), RESULT_FLUSH_TIMEOUT_S)
+            await within(poller.deliver_results(), RESULT_FLUSH_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("results_not_flushed", error="the server took too long")
         except (SmsError, OSError) as exc:
             log.warning("results_not_flushed", error=str(exc))
 

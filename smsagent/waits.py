@@ -1,14 +1,18 @@
-"""Waiting for an event or a timeout: the one helper every wait of the agent goes through.
+"""Waiting with a time limit: for an event (`wait_any`) or for an operation (`within`). Every
+wait of the agent goes through one of the two.
 
 Not `asyncio.wait_for`: before Python 3.12 it can swallow a cancellation that arrives just as
-the awaited event is set, and a shutdown would then wait on a loop that no longer listens.
+the awaited event is set or the operation ends, and a shutdown would then wait on a loop that
+no longer listens.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Waitable(Protocol):
@@ -37,11 +41,13 @@ async def wait_any(*waitables: Waitable, timeout_s: Optional[float]) -> bool:
     return bool(done)
 
 
-async def run_within(awaitable: Awaitable[Any], timeout_s: float) -> bool:
-    """Run `awaitable` for at most `timeout_s`; cancel it after that.
+async def within(awaitable: Awaitable[T], timeout_s: float) -> T:
+    """The result of `awaitable` if it ends within `timeout_s`; else it is cancelled and
+    `asyncio.TimeoutError` raised. A cancellation of the caller cancels it too, and is never
+    swallowed.
 
-    Returns:
-        True when it ended in time (its exception, if any, is raised), False when cancelled.
+    Raises:
+        asyncio.TimeoutError: the time was up first.
     """
     task = asyncio.ensure_future(awaitable)
     try:
@@ -50,8 +56,7 @@ async def run_within(awaitable: Awaitable[Any], timeout_s: float) -> bool:
         task.cancel()
         raise
     if done:
-        task.result()
-        return True
+        return task.result()
     task.cancel()
     await asyncio.wait({task})
-    return False
+    raise asyncio.TimeoutError

@@ -32,6 +32,7 @@ from smsagent.checks.model import (
 from smsagent.checks.network import NetworkMeasurement, NetworkOptions, measure_network
 from smsagent.config import Settings
 from smsagent.target.session import TargetSession, TaskKeyPaths, store_private_key
+from smsagent.waits import within
 
 log = structlog.get_logger(__name__)
 
@@ -237,9 +238,7 @@ class _Drill:
         """The highest limit the task sets: its `speed_limit` or any time window's."""
         windows: Sequence[int] = ()
         try:
-            answer = await asyncio.wait_for(
-                self._client.shows_speed_limits(self._task.id), self._timeout_s
-            )
+            answer = await within(self._client.shows_speed_limits(self._task.id), self._timeout_s)
             windows = [window.speed for window in answer.speed_limit]
         except (SmsError, asyncio.TimeoutError) as exc:
             log.warning("drill_speed_limits_unknown", task_id=self._task.id, error=str(exc))
@@ -248,9 +247,7 @@ class _Drill:
     async def _task_key(self) -> tuple[Check, Optional[TaskKeyPaths]]:
         """Fetch the task's private key from SMS and keep it 0600 in the state dir."""
         try:
-            answer = await asyncio.wait_for(
-                self._client.show_cert_key(self._task.id), self._timeout_s
-            )
+            answer = await within(self._client.show_cert_key(self._task.id), self._timeout_s)
         except asyncio.TimeoutError:
             reason = f"GET certkey did not answer within {self._timeout_s:g} s"
             return Check.error(TASK_KEY, reason, TASK_KEY_MISSING), None

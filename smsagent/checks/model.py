@@ -12,6 +12,7 @@ from pydantic import JsonValue
 
 from smsagent.api.enums import CheckResult
 from smsagent.log import scrub
+from smsagent.waits import within
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +107,7 @@ async def bounded(
         failed: builds the result for a check that timed out or crashed.
     """
     try:
-        return await asyncio.wait_for(run(), timeout=timeout_s)
+        return await within(run(), timeout_s)
     except asyncio.TimeoutError:
         return failed(f"the check did not finish within {timeout_s:g} s", CHECK_TIMED_OUT)
     except Exception as exc:  # one check's bug must not stop the others; it becomes its ERROR

@@ -30,6 +30,7 @@ from smsagent.target.session import (
     TargetSession,
     classify_ssh_failure,
 )
+from smsagent.waits import within
 
 NETWORK: Final = "network"
 
@@ -225,7 +226,7 @@ async def measure_upload(session: TargetSession, options: NetworkOptions) -> flo
     stderr_tail = LineTail()
     draining = asyncio.ensure_future(drain_into(proc.stderr, stderr_tail))
     try:
-        sent, elapsed_s = await asyncio.wait_for(
+        sent, elapsed_s = await within(
             _push(proc, options.upload_bytes, options.upload_budget_s), options.upload_timeout_s
         )
     except asyncio.TimeoutError:
@@ -234,7 +235,7 @@ async def measure_upload(session: TargetSession, options: NetworkOptions) -> flo
     finally:
         await stop_process(proc, _STOP_GRACE_S)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(draining, _STOP_GRACE_S)
+            await within(draining, _STOP_GRACE_S)
     return upload_rate(proc.returncode, sent, elapsed_s, stderr_tail.lines())
 
 

@@ -21,6 +21,7 @@ from smsagent.target.session import (
     TargetSession,
     check_host,
 )
+from smsagent.waits import within
 
 # SMS codes where one fits (spec §6.3); the agent's own otherwise.
 TARGET_ROOT_NOT_WRITABLE: Final = "SMS.0210"
@@ -80,7 +81,7 @@ async def connect_once(host: str, port: int, timeout_s: float) -> float:
         OSError: the connection was refused or the host is unreachable.
     """
     started = time.monotonic()
-    _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=timeout_s)
+    _, writer = await within(asyncio.open_connection(host, port), timeout_s)
     elapsed_s = time.monotonic() - started
     writer.close()
     with contextlib.suppress(OSError):

@@ -20,6 +20,7 @@ from smsagent.childproc import (
     minimal_env,
     stop_process,
 )
+from smsagent.waits import within
 
 # SMS error codes of the target connection (spec §6.3).
 SSH_FAILED: Final = "SMS.3802"
@@ -264,9 +265,9 @@ class TargetSession:
         )
         stderr_tail = LineTail()
         try:
-            stdout, _ = await asyncio.wait_for(
+            stdout, _ = await within(
                 asyncio.gather(_read_all(proc.stdout), drain_into(proc.stderr, stderr_tail)),
-                timeout=timeout_s,
+                timeout_s,
             )
             returncode = await proc.wait()
         except asyncio.TimeoutError:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from smsagent.agent.machine import Action, State
 from smsagent.agent.outbox import Outbox
 from smsagent.agent.store import TASK, Store, TaskRecord
 from smsagent.api.enums import CommandName, CommandResult
+from tests.support.mounts import tmpfs
 
 
 class FakeMonotonic:
@@ -229,17 +228,8 @@ class TestRecover:
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs of the test's own (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount_point)], check=True
-    )
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with tmpfs(tmp_path / "small", "size=1m,mode=0700") as mounted:
+        yield mounted
 
 
 def _fill(directory: Path) -> Path:

@@ -18,32 +18,13 @@ from smsagent.agent.statedir import (
     inspect_state_dir,
     require_usable_state_dir,
 )
+from tests.support.mounts import require_root_mounts, tmpfs
 
 OTHER_UID = 12345
 
 
 def _needs_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-
-
-@contextlib.contextmanager
-def tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
-    """A tmpfs mounted at `mount_point` (created) for the block; always unmounted after."""
-    _needs_root()
-    mount_point.mkdir(exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "smsagent-test", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
+    require_root_mounts()
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from smsagent.checks.install import (
     state_dir_check,
 )
 from tests.support.emulator import free_port
+from tests.support.mounts import tmpfs
 
 OK, WARN, ERROR = CheckResult.OK, CheckResult.WARN, CheckResult.ERROR
 NOBODY = 65534
@@ -38,21 +39,8 @@ def _needs_root() -> None:
 @contextlib.contextmanager
 def read_only_tmpfs(mount_point: Path) -> Iterator[Path]:
     """An empty read-only tmpfs (mode 0700) at `mount_point`; always unmounted after."""
-    _needs_root()
-    mount_point.mkdir()
-    options = "size=1m,ro,mode=0700"
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "smsagent-test", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
+    with tmpfs(mount_point, "size=1m,ro,mode=0700") as mounted:
+        yield mounted
 
 
 def _problem(state_dir: Path) -> str:

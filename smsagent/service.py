@@ -363,4 +363,5 @@ def _handling_signals(signals: Signals) -> Iterator[None]:
     finally:
         for signum, disposition in previous.items():
             loop.remove_signal_handler(signum)
-            signal.signal(signum, disposition)
+            if disposition is not None:  # None: set outside Python, left as the loop leaves it
+                signal.signal(signum, disposition)

@@ -63,6 +63,7 @@ SAME_LAYER: Final[Mapping[tuple[str, str], str]] = {
     ("smsagent.cli", "smsagent.version_cli"): "the `version` subcommand",
     ("smsagent.cli", "smsagent.emulator"): "the `emulator` subcommand",
     ("smsagent.log", "smsagent.journal"): "journald's own protocol, when systemd-python is absent",
+    ("smsagent.childproc", "smsagent.waits"): "a child's stop waits with the one wait helper",
 }
 
 # Imports made inside a function (or by name through importlib), each with its reason.

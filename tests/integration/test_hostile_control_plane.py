@@ -43,7 +43,7 @@ from tests.support.agent import RAW_EVENT, AgentProcess, Event
 from tests.support.emulator import EmulatorProcess
 from tests.support.hostile import MIB, POLL, RESULT, HostileProxy, Status, task_route
 
-pytestmark = [pytest.mark.slow, pytest.mark.soak]
+pytestmark = pytest.mark.slow
 
 WINDOW_S: Final = 30.0
 # One poll a second, counting the poll that opens the window.

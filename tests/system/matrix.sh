@@ -1,7 +1,7 @@
 #!/bin/sh
 # Runs the unit, integration and interop tests under each CPython version given (pyenv
-# interpreters), each in its own virtual environment .venv-<version>. Tests marked `soak` (a
-# fixed observation window, the same on every version) run only in `make test`. Versions without an
+# interpreters), each in its own virtual environment .venv-<version>: the fast tiers only. Tests
+# marked `slow` (whole-agent scenarios, fixed observation windows) run once, in `make test`. Versions without an
 # interpreter on this machine are reported and left out; the run fails if any version fails or
 # none was found.
 #
@@ -53,7 +53,7 @@ for version in "$@"; do
 		continue
 	fi
 	# shellcheck disable=SC2086 # TESTS is a list of paths
-	if ".venv-$version/bin/python" -m pytest -q -p no:cacheprovider -m "not soak" $TESTS; then
+	if ".venv-$version/bin/python" -m pytest -q -p no:cacheprovider -m "not slow" $TESTS; then
 		summary="$summary\n  $version: passed"
 	else
 		summary="$summary\n  $version: FAILED"

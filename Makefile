@@ -58,8 +58,8 @@ $(STAMP): pyproject.toml tests/plugins/fsplugin/pyproject.toml | system-deps
 package: $(STAMP)
 	$(PY) packaging/build.py --dist dist
 
-# Unit, integration and interop tests under every pyenv CPython 3.9-3.13 on this machine, each
-# in its own .venv-3.X; fails if any version fails.
+# Unit, integration and interop tests (not the slow ones) under every pyenv CPython 3.9-3.13 on
+# this machine, each in its own .venv-3.X; fails if any version fails.
 test-matrix: system-deps
 	sh tests/system/matrix.sh 3.9 3.10 3.11 3.12 3.13
 

@@ -30,7 +30,7 @@ import structlog
 from smsagent import __version__
 from smsagent.agent.backoff import Outcome, Schedule
 from smsagent.agent.connect import make_client
-from smsagent.agent.dispatch import AgentParts, Dispatcher
+from smsagent.agent.dispatch import AgentParts, Dispatcher, supervise
 from smsagent.agent.health import HealthFile
 from smsagent.agent.ledger import Ledger, RepeatGuard
 from smsagent.agent.outbox import Outbox
@@ -245,7 +245,7 @@ class Service:
         )
         poller.health = health
         reporter = asyncio.ensure_future(self._report_disks(opened, identity, stop))
-        reporter.add_done_callback(lambda task: _reap(task, "disk_reporter", crashed))
+        supervise(reporter, "disk_reporter", crashed)
         self._notifier.status(f"registered as {identity.server_id}; polling")
         log.info("agent_ready", server_id=identity.server_id)
         try:
@@ -304,16 +304,6 @@ class Service:
             else:
                 log.error("loop_stalled", stalled_s=round(health.stalled_s(time.monotonic()), 1))
             await asyncio.sleep(interval_s)
-
-
-def _reap(
-    task: asyncio.Future[None], name: str, crashed: Callable[[str, BaseException], None]
-) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        crashed(name, exc)
 
 
 def _schedule(settings: Settings) -> Schedule:

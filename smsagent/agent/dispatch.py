@@ -60,8 +60,15 @@ class AgentParts:
     clock: Callable[[], float] = time.time
 
 
-def _log_crash(name: str, exc: BaseException) -> None:
-    log.error("component_crashed", component=name, error=f"{type(exc).__name__}: {exc}")
+def supervise(task: asyncio.Future[Any], name: str, on_crash: CrashHandler) -> None:
+    """Tell `on_crash` if `task` ends with an exception (not when it is cancelled)."""
+
+    def reap(done: asyncio.Future[Any]) -> None:
+        failure = None if done.cancelled() else done.exception()
+        if failure is not None:
+            on_crash(name, failure)
+
+    task.add_done_callback(reap)
 
 
 class Dispatcher:
@@ -77,7 +84,7 @@ class Dispatcher:
         self,
         parts: AgentParts,
         server_id: Callable[[], Optional[str]],
-        on_crash: CrashHandler = _log_crash,
+        on_crash: CrashHandler,
     ) -> None:
         self._parts = parts
         self._server_id = server_id
@@ -127,15 +134,8 @@ class Dispatcher:
 
     def _supervised(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
-        task.add_done_callback(lambda done: self._reap(done, name))
+        supervise(task, name, self._on_crash)
         return task
-
-    def _reap(self, task: asyncio.Future[None], name: str) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            self._on_crash(name, exc)
 
     def _start_work(self, envelope: CommandEnvelope) -> None:
         if envelope.task_id is None:
@@ -147,7 +147,7 @@ class Dispatcher:
             self._supervised(self._settle(envelope, outcome), "settle")
             return
         task = self._slot.start(envelope.task_id, lambda token: self._run_work(envelope, token))
-        task.add_done_callback(lambda done: self._reap(done, "work"))
+        supervise(task, "work", self._on_crash)
 
     async def _run_work(self, envelope: CommandEnvelope, token: CancelToken) -> None:
         assert envelope.task_id is not None

@@ -51,6 +51,7 @@ from smsagent.agent.machine import (
     recover,
 )
 from smsagent.agent.outbox import DeliveryReport, Outbox, ResultKey, result_body
+from smsagent.agent.statedir import write_probe
 from smsagent.agent.store import TASK, Store, TaskRecord
 from smsagent.api.enums import CommandName, CommandResult
 from smsagent.api.models import CommandBody
@@ -467,14 +468,16 @@ class Ledger:
         self._record = None
 
     async def _try_task_write(self, record: Optional[TaskRecord]) -> bool:
-        """Save `record` once (None: only probe that the task file can be written); False, with
-        the fault recorded, when the state directory refuses."""
+        """Save `record` once (None: only probe that the state directory takes a file); False,
+        with the fault recorded, when the state directory refuses."""
         try:
             async with self._locked():
                 if record is not None:
                     await self._save_task(record)
                 else:
-                    await asyncio.to_thread(self._store.probe_writable)
+                    failure = await asyncio.to_thread(write_probe, self._store.state_dir)
+                    if failure is not None:
+                        raise failure
         except OSError as exc:
             self._faulted("task", exc)
             return False

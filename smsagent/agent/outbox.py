@@ -325,7 +325,7 @@ class Outbox:
         updated = entry.model_copy(
             update={"attempts": attempts, "retry_delay_s": delay_s, "last_error": str(exc)}
         )
-        self._entries[entry.key] = updated
+        # Due again later in any case: a failed write must not make the loop retry at once.
         self._due_at[entry.key] = self._clock() + delay_s
         log.warning(
             "result_send_failed",
@@ -335,6 +335,7 @@ class Outbox:
             error=str(exc),
         )
         await asyncio.to_thread(self._write, updated)
+        self._entries[entry.key] = updated
         return delay_s
 
     async def _mark_delivered(self, entry: OutboxEntry) -> None:

@@ -101,7 +101,7 @@ def inspect_state_dir(path: Path, *, uid: Optional[int] = None) -> StateDirVerdi
             f"{_who(agent_uid)} the agent runs as, so another user could change the agent's "
             f"state; fix it with chown -R {_name(agent_uid)} {path}",
         )
-    failure = _write_probe(path)
+    failure = write_probe(path)
     if failure is not None:
         return _unusable(path, _write_problem(path, failure))
     store = Store(path)
@@ -165,8 +165,11 @@ def _nearest_existing(path: Path) -> tuple[Path, os.stat_result]:
     raise FileNotFoundError(errno.ENOENT, "no parent directory exists")  # "/" always does
 
 
-def _write_probe(directory: Path) -> Optional[OSError]:
-    """Create, fill, fsync and remove a file in `directory`; the error, if any step failed."""
+def write_probe(directory: Path) -> Optional[OSError]:
+    """Create, fill, fsync and remove a file in `directory`; the error, if any step failed.
+
+    The ledger runs it too, to learn when a state directory that refused writes takes them
+    again."""
     try:
         fd, name = tempfile.mkstemp(dir=directory, prefix=PROBE_PREFIX, suffix=TEMP_SUFFIX)
     except OSError as exc:

@@ -307,16 +307,6 @@ class Store:
         """Write a document atomically (mode 0600)."""
         write_atomic(self.path(document), value.model_dump_json(indent=2).encode("utf-8"))
 
-    def probe_writable(self) -> None:
-        """Write and remove a small file, as a document save would.
-
-        Raises:
-            OSError: the state directory cannot take a new file (full, read-only, ...).
-        """
-        probe = self.state_dir / f".probe{TEMP_SUFFIX}"
-        write_atomic(probe, b"probe")
-        remove_durably(probe)
-
     def delete(self, document: Document[RecordT]) -> bool:
         """Remove a document; False if there was none."""
         return remove_durably(self.path(document))

@@ -81,7 +81,7 @@ class CancelToken:
 
     def __init__(self) -> None:
         self._reason: Optional[CancelReason] = None
-        self._event: Optional[asyncio.Event] = None
+        self._stop = Flag()
         self.skip_requests: Final = Flag()
         """Up when a SKIP asked the work to skip its stage; a skippable stage waits on it."""
 
@@ -99,8 +99,7 @@ class CancelToken:
         """Ask the work to stop at its next checkpoint."""
         if self._reason is None:
             self._reason = reason
-        if self._event is not None:
-            self._event.set()
+        self._stop.raise_flag()
 
     def raise_if_cancelled(self) -> None:
         """A checkpoint: raise `WorkCancelled` if the work should stop."""
@@ -109,13 +108,9 @@ class CancelToken:
 
     async def wait(self) -> CancelReason:
         """Return once the work should stop, with the reason."""
-        reason = self._reason
-        while reason is None:
-            if self._event is None:
-                self._event = asyncio.Event()
-            await self._event.wait()
-            reason = self._reason
-        return reason
+        await self._stop.wait()
+        assert self._reason is not None
+        return self._reason
 
     def request_skip(self) -> None:
         """Ask the work to skip the stage it is in, if that stage may be skipped."""

@@ -16,8 +16,8 @@ import aiohttp
 import structlog
 from pydantic import SecretStr
 
+from smsagent.api.body import MAX_RESPONSE_BYTES, read_capped
 from smsagent.api.errors import (
-    MAX_RESPONSE_BYTES,
     MalformedResponse,
     ResponseTooLarge,
     SmsError,
@@ -25,7 +25,6 @@ from smsagent.api.errors import (
     describe_exception,
     error_from_response,
     parse_http_date,
-    read_capped,
 )
 from smsagent.api.proxy import ProxyRoutes
 from smsagent.api.signing import (

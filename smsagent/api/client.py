@@ -20,8 +20,8 @@ from yarl import URL
 
 from smsagent import __version__
 from smsagent.api.auth import Credentials
+from smsagent.api.body import MAX_RESPONSE_BYTES, read_capped
 from smsagent.api.enums import ConfigKey
-from smsagent.api.errors import MAX_RESPONSE_BYTES as MAX_RESPONSE_BYTES
 from smsagent.api.errors import (
     MalformedResponse,
     ResponseTooLarge,
@@ -29,7 +29,6 @@ from smsagent.api.errors import (
     describe_exception,
     error_from_response,
     parse_http_date,
-    read_capped,
 )
 from smsagent.api.models import (
     CommandBody,

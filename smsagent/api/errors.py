@@ -1,7 +1,4 @@
-"""`SmsError` and its classes: what failed on an SMS call and what the agent should do next.
-
-Also the capped read of a response body, shared by the SMS and IAM calls.
-"""
+"""`SmsError` and its classes: what failed on an SMS call and what the agent should do next."""
 
 from __future__ import annotations
 
@@ -11,16 +8,10 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Optional
+from typing import Any, ClassVar, Final, Optional
 from urllib.parse import urlsplit, urlunsplit
 
-if TYPE_CHECKING:
-    import aiohttp
-
 QUOTA_ERROR_CODE: Final = "SMS.6526"
-MAX_RESPONSE_BYTES: Final = 4 * 1024 * 1024
-"""The largest response body read; real SMS and IAM answers are a few KB."""
-_READ_CHUNK_BYTES: Final = 64 * 1024
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _MAX_MESSAGE_CHARS: Final = 512
 _SOURCE_PATH: Final = re.compile(r"^/v3/sources/[^/]+(/.*)?$")
@@ -196,29 +187,6 @@ class ResponseTooLarge(SmsError):
             error_msg=f"the response body exceeds the cap of {limit_bytes} bytes; refused",
             server_date=server_date,
         )
-
-
-async def read_capped(response: aiohttp.ClientResponse, limit_bytes: int) -> Optional[bytes]:
-    """The body of `response`, or None when it is longer than `limit_bytes`.
-
-    A declared `Content-Length` over the cap is refused before anything is read; otherwise the
-    body is read in chunks and refused as soon as it passes the cap (counted after any
-    decompression). A refused response is closed, not released: its connection is dropped
-    instead of being drained for reuse.
-    """
-    declared = response.content_length
-    if declared is not None and declared > limit_bytes:
-        response.close()
-        return None
-    body = bytearray()
-    while True:
-        chunk = await response.content.read(_READ_CHUNK_BYTES)
-        if not chunk:
-            return bytes(body)
-        body += chunk
-        if len(body) > limit_bytes:
-            response.close()
-            return None
 
 
 def error_from_response(

@@ -15,7 +15,8 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from smsagent.api.auth import AkSkCredentials, Credentials, IamTokenCredentials
-from smsagent.api.client import MAX_RESPONSE_BYTES, SmsClient
+from smsagent.api.body import MAX_RESPONSE_BYTES
+from smsagent.api.client import SmsClient
 from smsagent.api.enums import CommandName, CommandResult
 from smsagent.api.errors import (
     ErrorAction,

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
-from smsagent.agent.health import HealthFile
+from smsagent.agent.health import HEALTH_FILE, HealthFile
 from smsagent.api.enums import CheckResult
 from smsagent.checks.install import AGENT_FAULT, agent_check
 from smsagent.status import collect, render
@@ -54,9 +55,10 @@ def test_a_fault_of_a_process_that_is_gone_is_not_called_running(tmp_path: Path)
     )
     health = _health(tmp_path)
     health.set_fault(FULL)
-    health._fields["pid"] = int(gone.stdout)
-    health._write()
-    assert agent_check(tmp_path).result is CheckResult.WARN
+    left = json.loads((tmp_path / HEALTH_FILE).read_bytes())
+    (tmp_path / HEALTH_FILE).write_text(json.dumps({**left, "pid": int(gone.stdout)}))
+    check = agent_check(tmp_path)
+    assert check.result is CheckResult.WARN and FULL in check.reason
 
 
 def test_no_health_file_is_fine(tmp_path: Path) -> None:

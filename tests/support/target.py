@@ -226,6 +226,38 @@ class TargetHost:
         """Run a command inside the target's namespace."""
         return _run("ip", "netns", "exec", self.netns, *argv, check=check)
 
+    def seen_by_target(self, path: Path) -> Path:
+        """`path` as the target's commands see it.
+
+        `ip netns exec` gives sshd a mount namespace of its own, so what the agent mounts on the
+        target over SSH is visible only there: through sshd's `/proc/<pid>/root`.
+        """
+        pid = self.sshd_pid
+        if pid is None:
+            raise RuntimeError("the target's sshd is not running")
+        return Path(f"/proc/{pid}/root") / path.relative_to("/")
+
+    def in_mount_namespace(
+        self, *argv: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command in the target's mount namespace (where its sessions mount things)."""
+        pid = self.sshd_pid
+        if pid is None:
+            raise RuntimeError("the target's sshd is not running")
+        return _run("nsenter", f"--target={pid}", "--mount", "--", *argv, check=check)
+
+    def mounts_below(self, directory: Path) -> list[str]:
+        """The mount points at or below `directory` in the target's mount namespace."""
+        pid = self.sshd_pid
+        if pid is None:
+            return []
+        found = []
+        for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+            mount_point = line.split()[4].replace("\\040", " ")
+            if mount_point == str(directory) or mount_point.startswith(f"{directory}/"):
+                found.append(mount_point)
+        return found
+
     # -- sshd lifecycle --
 
     @property

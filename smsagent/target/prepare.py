@@ -1,0 +1,449 @@
+"""FORMAT_DISK_LINUX_FILE: lay the target's disks out as the task says, over the task's SSH session.
+
+Check first, then act: the target's devices are read once and every disk is checked
+(`disks.check_disks`); one refusal anywhere means nothing is written anywhere. Then, disk by disk:
+old signatures wiped, partitions made (MBR or GPT as the layout says; the BIOS boot partition and
+the ESP typed as such), LVM groups and volumes built, each file system made with its type, and
+the tree mounted under the agent's own root in mount-point order. What was made (devices and new
+UUIDs) is returned as a `PreparedTarget`, which the caller records so that a resumed task mounts
+the same file systems again (`remount`) instead of making new ones.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Final, Optional
+
+from smsagent.target.disks import (
+    DISK_IN_USE,
+    LSBLK_COLUMNS,
+    TargetDevices,
+    check_disks,
+    parse_lsblk,
+    parse_pvs,
+    refusal_message,
+)
+from smsagent.target.layout import (
+    MIB,
+    Disk,
+    Partition,
+    PartitionStyle,
+    TargetLayout,
+    VolumeKind,
+)
+from smsagent.target.prepared import PreparedTarget, PreparedVolume
+from smsagent.target.session import CompletedRemote, TargetSession
+
+PREPARE_FAILED: Final = "SMS.1113"  # failed to set the partitions up on the target
+MOUNT_FAILED: Final = "SMS.3205"  # failed to mount a partition on the target
+TARGET_CHANGED: Final = "SMSAGENT.TARGET_CHANGED"
+
+COMMAND_TIMEOUT_S: Final = 120.0
+MKFS_TIMEOUT_S: Final = 600.0
+NODE_WAIT_S: Final = 15.0
+
+# Partition type per kind: GPT type GUIDs and MBR type bytes, as sfdisk takes them.
+_GPT_TYPES: Final = {
+    VolumeKind.FILESYSTEM: "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+    VolumeKind.ESP: "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+    VolumeKind.SWAP: "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",
+    VolumeKind.BIOS_BOOT: "21686148-6449-6E6F-744E-656564454649",
+    VolumeKind.LVM_PV: "E6D6D379-F507-44C2-A23C-238F2A3DF928",
+}
+_MBR_TYPES: Final = {
+    VolumeKind.FILESYSTEM: "83",
+    VolumeKind.ESP: "ef",
+    VolumeKind.SWAP: "82",
+    VolumeKind.BIOS_BOOT: "ef02",  # never on MBR (the layout allows it on GPT only)
+    VolumeKind.LVM_PV: "8e",
+}
+_MKFS: Final[dict[str, tuple[str, ...]]] = {
+    "ext2": ("mkfs.ext2", "-F", "-q"),
+    "ext3": ("mkfs.ext3", "-F", "-q"),
+    "ext4": ("mkfs.ext4", "-F", "-q"),
+    "xfs": ("mkfs.xfs", "-f", "-q"),
+    "vfat": ("mkfs.vfat",),
+    "btrfs": ("mkfs.btrfs", "-f", "-q"),
+    "swap": ("mkswap",),
+}
+
+
+# What the configure stage binds into the tree (/dev, /proc, /sys, /run) mounts as.
+_PSEUDO_FS: Final = frozenset(
+    {"devtmpfs", "proc", "sysfs", "tmpfs", "devpts", "securityfs", "efivarfs"}
+)
+
+
+@dataclass(frozen=True)
+class _Mount:
+    target: str
+    source: str
+    fstype: str
+
+
+def _unraw(field: str) -> str:
+    """findmnt --raw escapes spaces and other bytes as \\xNN."""
+    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), field)
+
+
+class PrepareError(Exception):
+    """The target's disks cannot be laid out; `error_code` is what SMS is told."""
+
+    def __init__(self, error_code: str, message: str) -> None:
+        super().__init__(f"{error_code}: {message}")
+        self.error_code = error_code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Step:
+    """One remote command of the preparation, and what it is for (in messages and logs)."""
+
+    argv: tuple[str, ...]
+    what: str
+    timeout_s: float = COMMAND_TIMEOUT_S
+
+
+Checkpoint = Callable[[], None]
+"""Called between steps; raises to stop the work (STOP, shutdown)."""
+
+
+def sfdisk_script(disk: Disk) -> str:
+    """The partition table of `disk` as an sfdisk script."""
+    label = "gpt" if disk.partition_style is PartitionStyle.GPT else "dos"
+    lines = [f"label: {label}", "unit: sectors", ""]
+    types = _GPT_TYPES if disk.partition_style is PartitionStyle.GPT else _MBR_TYPES
+    bootable = _bootable(disk)
+    for partition in disk.partitions:
+        if partition.logical and not any(p.logical for p in _before(disk, partition)):
+            lines.append("type=5")  # the extended partition: the rest of the disk
+        size_mib = -(-partition.size // MIB)
+        line = f"size={size_mib}MiB, type={types[partition.kind]}"
+        if partition is bootable:
+            line += ", bootable"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _before(disk: Disk, partition: Partition) -> list[Partition]:
+    return list(disk.partitions[: disk.partitions.index(partition)])
+
+
+def _bootable(disk: Disk) -> Optional[Partition]:
+    """The MBR partition to flag active: the one holding /boot, else /; none on GPT."""
+    if disk.partition_style is not PartitionStyle.MBR:
+        return None
+    for mount_point in ("/boot", "/"):
+        for partition in disk.partitions:
+            if partition.fs is not None and partition.fs.mount_point == mount_point:
+                return partition
+    return None
+
+
+def build_steps(layout: TargetLayout) -> list[Step]:
+    """The commands that lay `layout` out, in order, after the checks passed (pure)."""
+    steps: list[Step] = []
+    for disk in layout.disks:
+        # Whatever the disk held before: file system, RAID and LVM signatures, partition tables.
+        steps.append(Step(("wipefs", "--all", "--force", disk.device), f"wipe {disk.device}"))
+        script = sfdisk_script(disk)
+        steps.append(
+            Step(
+                (
+                    "sh",
+                    "-c",
+                    'printf "%s" "$1" | sfdisk --quiet --wipe always --wipe-partitions always "$2"',
+                    "sfdisk",
+                    script,
+                    disk.device,
+                ),
+                f"partition {disk.device}",
+            )
+        )
+    for group in layout.volume_groups:
+        steps.append(
+            Step(
+                ("pvcreate", "--force", "--yes", *group.members),
+                f"LVM physical volumes of {group.name}",
+            )
+        )
+        steps.append(
+            Step(("vgcreate", "--yes", group.name, *group.members), f"volume group {group.name}")
+        )
+        for lv in group.logical_volumes:
+            size_mib = -(-lv.size // MIB)
+            steps.append(
+                Step(
+                    (
+                        "lvcreate",
+                        "--yes",
+                        "--wipesignatures",
+                        "y",
+                        "--name",
+                        lv.name,
+                        "--size",
+                        f"{size_mib}m",
+                        group.name,
+                    ),
+                    f"logical volume {lv.path}",
+                )
+            )
+    for volume in layout.volumes():
+        mkfs = _MKFS[volume.fs.fstype]
+        steps.append(
+            Step((*mkfs, volume.device), f"{volume.fs.fstype} on {volume.device}", MKFS_TIMEOUT_S)
+        )
+    return steps
+
+
+Runner = Callable[[Sequence[str], float], Awaitable[CompletedRemote]]
+
+
+class TargetPreparer:
+    """Lays out and mounts the target's disks through `session`.
+
+    Args:
+        session: SSH to the target.
+        root: where the target tree is mounted on the target (the copy's destination).
+        checkpoint: called between steps; raises to stop.
+    """
+
+    def __init__(self, session: TargetSession, root: str, checkpoint: Checkpoint) -> None:
+        self._session = session
+        self._root = posixpath.normpath(root)
+        self._checkpoint = checkpoint
+
+    async def inspect(self) -> TargetDevices:
+        """The target's devices, its LVM physical volumes and its root's source."""
+        listing = await self._must(
+            ("lsblk", "--json", "--bytes", "--paths", "--output", LSBLK_COLUMNS),
+            "list the target's disks",
+        )
+        pvs = await self._session.run(
+            ("pvs", "--reportformat", "json", "--options", "pv_name,vg_name"), COMMAND_TIMEOUT_S
+        )
+        root = await self._session.run(
+            ("findmnt", "--noheadings", "--output", "SOURCE", "/"), COMMAND_TIMEOUT_S
+        )
+        try:
+            roots = parse_lsblk(listing.stdout.decode("utf-8", "replace"))
+            groups = parse_pvs(pvs.stdout.decode("utf-8", "replace")) if pvs.ok else {}
+        except ValueError as exc:
+            raise PrepareError(PREPARE_FAILED, str(exc)) from exc
+        source = root.stdout.decode("utf-8", "replace").strip() if root.ok else ""
+        return TargetDevices(roots, groups, source or None)
+
+    async def prepare(self, layout: TargetLayout) -> PreparedTarget:
+        """Check every disk, then lay the layout out and mount it.
+
+        Raises:
+            PrepareError: a disk is refused (nothing written), or a step failed.
+        """
+        await self._check_own_mounts(layout)
+        await self.unmount()
+        devices = await self.inspect()
+        refusals = check_disks(layout, devices, own_root=self._root)
+        if refusals:
+            raise PrepareError(refusals[0].code, refusal_message(refusals))
+        await self._release_old_groups(layout, devices)
+        for step in build_steps(layout):
+            self._checkpoint()
+            await self._must(step.argv, step.what, step.timeout_s)
+            if step.what.startswith("partition "):
+                await self._wait_for_partitions(layout, step.argv[-1])
+        uuids = await self._uuids([v.device for v in layout.volumes()])
+        volumes = tuple(
+            PreparedVolume(
+                device=v.device,
+                fstype=v.fs.fstype,
+                mount_point=v.fs.mount_point,
+                uuid=uuids[v.device],
+                source_uuid=v.fs.source_uuid,
+            )
+            for v in layout.volumes()
+        )
+        prepared = PreparedTarget(
+            root=self._root,
+            boot_mode=layout.boot_mode,
+            boot_disk=layout.boot_disk.device,
+            volumes=volumes,
+            volume_groups=tuple(g.name for g in layout.volume_groups),
+        )
+        await self.mount(prepared)
+        return prepared
+
+    async def remount(self, prepared: PreparedTarget) -> None:
+        """Mount what an earlier run prepared, after checking it is still what was made.
+
+        Raises:
+            PrepareError: a volume is gone or holds another file system (TARGET_CHANGED).
+        """
+        for group in prepared.volume_groups:
+            await self._must(("vgchange", "--activate", "y", group), f"activate {group}")
+        uuids = await self._uuids([v.device for v in prepared.volumes], missing_ok=True)
+        for volume in prepared.volumes:
+            found = uuids.get(volume.device)
+            if found != volume.uuid:
+                now = f"UUID {found}" if found else "no file system"
+                raise PrepareError(
+                    TARGET_CHANGED,
+                    f"{volume.device} was prepared with UUID {volume.uuid} but now holds {now}; "
+                    "the target was changed since (start the task again from the beginning)",
+                )
+        await self.mount(prepared)
+
+    async def mount(self, prepared: PreparedTarget) -> None:
+        """Mount the tree under the root, parents first; what is mounted already stays."""
+        mounted = await self._mounts_below()
+        for volume in prepared.mounts():
+            self._checkpoint()
+            where = self._path(volume.mount_point or "/")
+            if where in mounted:
+                continue
+            await self._must(("mkdir", "-p", "--", where), f"make {where}")
+            await self._must(
+                ("mount", "-t", volume.fstype, volume.device, where),
+                f"mount {volume.device} at {where}",
+                code=MOUNT_FAILED,
+            )
+
+    async def unmount(self) -> None:
+        """Take down every mount at or below the root, deepest first (the agent's own only)."""
+        for where in await self._mounts_below():
+            result = await self._session.run(("umount", "--", where), COMMAND_TIMEOUT_S)
+            if not result.ok:
+                detail = (
+                    result.stderr_tail[-1] if result.stderr_tail else f"exit {result.returncode}"
+                )
+                raise PrepareError(MOUNT_FAILED, f"{where} cannot be unmounted: {detail}")
+        await self._session.run(("sync",), COMMAND_TIMEOUT_S)
+
+    # -- helpers --
+
+    def _path(self, mount_point: str) -> str:
+        relative = mount_point.strip("/")
+        return posixpath.join(self._root, relative) if relative else self._root
+
+    async def _mounts_below(self) -> list[str]:
+        return [mount.target for mount in await self._mount_table_below()]
+
+    async def _mount_table_below(self) -> list[_Mount]:
+        """The mounts at or below the root, deepest first."""
+        result = await self._session.run(
+            ("findmnt", "--raw", "--noheadings", "--output", "TARGET,SOURCE,FSTYPE"),
+            COMMAND_TIMEOUT_S,
+        )
+        if not result.ok:
+            return []
+        root = self._root.rstrip("/")
+        found: dict[str, _Mount] = {}
+        for line in result.stdout.decode("utf-8", "replace").splitlines():
+            fields = line.split(" ")
+            if len(fields) != 3:
+                continue
+            target, source, fstype = (_unraw(field) for field in fields)
+            if target == self._root or target.startswith(root + "/"):
+                found[target] = _Mount(target, source, fstype)
+        return sorted(found.values(), key=lambda m: (-m.target.count("/"), m.target))
+
+    async def _check_own_mounts(self, layout: TargetLayout) -> None:
+        """Refuse when something the task does not name is mounted at or below the root."""
+        ours = {v.device for v in layout.volumes()} | {
+            f"/dev/mapper/{lv.volume_group.replace('-', '--')}-{lv.name.replace('-', '--')}"
+            for group in layout.volume_groups
+            for lv in group.logical_volumes
+        }
+        for mount in await self._mount_table_below():
+            if mount.source not in ours and mount.fstype not in _PSEUDO_FS:
+                raise PrepareError(
+                    DISK_IN_USE,
+                    f"{mount.source} is mounted at {mount.target}, inside the target root "
+                    f"{self._root}, and the task does not name it; nothing was written",
+                )
+
+    async def _release_old_groups(self, layout: TargetLayout, devices: TargetDevices) -> None:
+        """Deactivate and remove LVM groups that live only on the task's disks (checked)."""
+        groups: set[str] = set()
+        for disk in layout.disks:
+            node = devices.find(disk.device)
+            if node is not None:
+                groups |= {
+                    devices.pv_groups[n.path] for n in node.walk() if n.path in devices.pv_groups
+                }
+        for group in sorted(groups):
+            self._checkpoint()
+            await self._session.run(("vgchange", "--activate", "n", group), COMMAND_TIMEOUT_S)
+            await self._must(
+                ("vgremove", "--force", "--force", "--yes", group),
+                f"remove the old volume group {group}",
+            )
+
+    async def _wait_for_partitions(self, layout: TargetLayout, device: str) -> None:
+        """Make the kernel see the new partitions and wait for their device nodes.
+
+        sfdisk asks the kernel to re-read the table; where it cannot (a loop device without
+        partition scanning), partx adds them. Without udev there is nothing to settle.
+        """
+        disk = next(d for d in layout.disks if d.device == device)
+        await self._session.run(("partx", "--update", device), COMMAND_TIMEOUT_S)
+        await self._session.run(("partx", "--add", device), COMMAND_TIMEOUT_S)
+        await self._session.run(("udevadm", "settle", "--timeout=10"), COMMAND_TIMEOUT_S)
+        paths = [p.path for p in disk.partitions]
+        waited = await self._session.run(
+            (
+                "sh",
+                "-c",
+                'n=$1; shift; i=0; while [ "$i" -lt "$n" ]; do ok=1; '
+                'for p in "$@"; do [ -b "$p" ] || ok=0; done; [ "$ok" = 1 ] && exit 0; '
+                "sleep 0.2; i=$((i + 1)); done; exit 1",
+                "wait-partitions",
+                str(int(NODE_WAIT_S / 0.2)),
+                *paths,
+            ),
+            NODE_WAIT_S + COMMAND_TIMEOUT_S,
+        )
+        if not waited.ok:
+            raise PrepareError(
+                PREPARE_FAILED,
+                f"the partitions of {device} did not appear ({', '.join(paths)}) "
+                f"within {NODE_WAIT_S:g} s",
+            )
+
+    async def _uuids(self, devices: Sequence[str], *, missing_ok: bool = False) -> dict[str, str]:
+        """The UUID each device's file system or swap reports now (`blkid -p`, no cache)."""
+        found: dict[str, str] = {}
+        for device in devices:
+            result = await self._session.run(
+                ("blkid", "--probe", "--output", "export", "--", device), COMMAND_TIMEOUT_S
+            )
+            values = dict(
+                line.split("=", 1)
+                for line in result.stdout.decode("utf-8", "replace").splitlines()
+                if "=" in line
+            )
+            uuid = values.get("UUID")
+            if uuid:
+                found[device] = uuid
+            elif not missing_ok:
+                raise PrepareError(PREPARE_FAILED, f"{device} has no UUID after it was formatted")
+        return found
+
+    async def _must(
+        self,
+        argv: Sequence[str],
+        what: str,
+        timeout_s: float = COMMAND_TIMEOUT_S,
+        *,
+        code: str = PREPARE_FAILED,
+    ) -> CompletedRemote:
+        result = await self._session.run(argv, timeout_s)
+        if not result.ok:
+            detail = result.stderr_tail[-1] if result.stderr_tail else f"exit {result.returncode}"
+            raise PrepareError(
+                code, f"{what} failed on the target: {detail} ({shlex.join(argv[:3])}...)"
+            )
+        return result

@@ -21,6 +21,7 @@ REDACTED: Final = "[redacted]"
 
 LogFormat = Literal["auto", "console", "json", "journal"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+TargetLayoutMode = Literal["task", "premounted"]
 
 
 class ConfigError(Exception):
@@ -127,6 +128,13 @@ class Settings(BaseSettings):
     source_root: Path = Field(default=Path("/"), description="root of the tree to migrate")
     target_root: Path = Field(
         default=Path("/mnt/smsroot"), description="where the target's file systems are mounted"
+    )
+    target_layout: TargetLayoutMode = Field(
+        default="task",
+        description=(
+            "task: lay out, format and configure the target's disks as the task says | "
+            "premounted: copy into the target root as it is mounted (no format, no configure)"
+        ),
     )
     ssh_port: int = Field(default=22, ge=1, le=65535, description="SSH port of the target")
     transfer_retries: int = Field(

@@ -165,6 +165,7 @@ def demo(work: Path, source_arg: Optional[str]) -> int:
             work / "agent",
             settings={
                 "SMSAGENT_SOURCE_ROOT": str(source),
+                "SMSAGENT_TARGET_LAYOUT": "premounted",
                 "SMSAGENT_TARGET_ROOT": str(target.root),
                 "SMSAGENT_POLL_INTERVAL": "2",
                 "SMSAGENT_ACTIVE_POLL_INTERVAL": "1",

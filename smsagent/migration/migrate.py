@@ -35,6 +35,7 @@ from smsagent.config import DEFAULT_ENV_FILE
 from smsagent.inventory.mounts import read_mountinfo
 from smsagent.log import scrub
 from smsagent.migration.consistency import VerifyReport, plan_verification, verify
+from smsagent.migration.disk_stages import DiskStages
 from smsagent.migration.excludes import PathListError
 from smsagent.migration.options import (
     ERROR_SETTING,
@@ -48,6 +49,7 @@ from smsagent.migration.plan import STAGES, SourcePlan, build_pass, copy_rules, 
 from smsagent.migration.rsync import PassKind, RetryPolicy, RsyncError
 from smsagent.migration.settings import MigrationSettings, SettingError, parse_settings
 from smsagent.migration.speedlimit import SpeedLimitWatch
+from smsagent.target.prepare import PrepareError
 from smsagent.target.session import TargetError, TargetSession, check_host, store_private_key
 from smsagent.waits import wait_any
 
@@ -68,7 +70,7 @@ async def handle_command(
         if command.action is Action.run_premigrate:
             return await run_premigrate(ctx, dataclasses.replace(command, task=task))
         return await _Migration(ctx, task, options).run(command.action)
-    except (RsyncError, TargetError, SettingError, PathListError, SmsError) as exc:
+    except (RsyncError, TargetError, PrepareError, SettingError, PathListError, SmsError) as exc:
         code, message = _reason(exc)
         ctx.log.warning("migration_failed", error_code=code, error=message)
         state = State.idle if command.action is Action.run_premigrate else State.failed
@@ -77,7 +79,7 @@ async def handle_command(
 
 def _reason(exc: Exception) -> tuple[str, str]:
     """The SMS error code and message of an expected failure."""
-    if isinstance(exc, (RsyncError, TargetError)):
+    if isinstance(exc, (RsyncError, TargetError, PrepareError)):
         return exc.error_code, scrub(exc.message)
     if isinstance(exc, SmsError):
         return exc.error_code or ERROR_SMS_UNREACHABLE, scrub(str(exc))
@@ -165,9 +167,22 @@ class _Migration:
         prepared = await self._prepare()
         record = self._ctx.task_record()
         resuming_sync = record is not None and record.stage == STAGES[PassKind.sync].value
-        if action is Action.sync_task or (action is Action.resume_task and resuming_sync):
-            return await self._sync(prepared)
-        return await self._replicate(prepared)
+        disks = self._disk_stages(prepared)
+        try:
+            if disks is not None:
+                await disks.mount()
+            if action is Action.sync_task or (action is Action.resume_task and resuming_sync):
+                return await self._sync(prepared)
+            return await self._replicate(prepared)
+        finally:
+            if disks is not None:
+                await disks.release()
+
+    def _disk_stages(self, prepared: _Prepared) -> Optional[DiskStages]:
+        """The target-disk stages, unless the target root is mounted by someone else."""
+        if self._ctx.settings.target_layout == "premounted":
+            return None
+        return DiskStages(self._ctx, self._task, prepared.target, self._destination)
 
     # -- preparation --
 

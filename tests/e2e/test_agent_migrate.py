@@ -41,6 +41,7 @@ def _agent(
 ) -> AgentProcess:
     settings = {
         "SMSAGENT_SOURCE_ROOT": str(source),
+        "SMSAGENT_TARGET_LAYOUT": "premounted",
         "SMSAGENT_TARGET_ROOT": str(target.root),
         **extra,
     }

@@ -93,6 +93,7 @@ def env_file_for(path: Path, emulator: EmulatorProcess, state_dir: Path, source:
         **emulator.agent_env(),
         "SMSAGENT_STATE_DIR": str(state_dir),
         "SMSAGENT_SOURCE_ROOT": str(source),
+        "SMSAGENT_TARGET_LAYOUT": "premounted",
     }
     path.write_text("".join(f"{name}={value}\n" for name, value in lines.items()))
     path.chmod(0o600)

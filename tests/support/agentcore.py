@@ -38,6 +38,7 @@ def agent_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "token": "test-token-0123456789",
         "state_dir": tmp_path / "state",
         "stop_grace": 1.0,
+        "target_layout": "premounted",
     }
     values.update(overrides)
     return Settings(**values)

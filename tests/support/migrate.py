@@ -306,6 +306,8 @@ async def migration_rig(
         "token": emulator.token,
         "source_root": source_root,
         "target_root": target.root,
+        # The target root is a directory the test made: the copy goes into it as it is.
+        "target_layout": "premounted",
         "stop_grace": 5.0,
         "transfer_retries": 3,
         "progress_interval": 1.0,

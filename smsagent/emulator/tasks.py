@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from smsagent.api.enums import TaskState
+from smsagent.api.enums import TaskState, TaskType
 from smsagent.api.models import (
     CloneServer,
     NetworkCheckInfoRequestBody,
@@ -22,6 +22,7 @@ from smsagent.api.models import (
 from smsagent.emulator.errors import from_validation, invalid, task_not_found
 from smsagent.emulator.sources import to_ms
 from smsagent.emulator.store import Doc, Store
+from smsagent.emulator.targetlayout import target_server
 
 KIND = "task"
 
@@ -79,9 +80,15 @@ class Tasks:
         self._store = store
 
     def create(self, body: PostTask, source: Doc, now_s: float) -> Doc:
-        """A new READY task for `source` from a CreateTask body."""
+        """A new READY task for `source` from a CreateTask body.
+
+        The target's disks, volume groups and btrfs list the body leaves out are filled in from
+        the source's registration, as the console does (`targetlayout.py`).
+        """
         doc: Doc = body.to_wire()
-        doc["target_server"] = validated_part(TaskTargetServer, body.target_server, "target_server")
+        doc["target_server"] = target_server(
+            body.target_server, source, block_level=body.type is TaskType.MIGRATE_BLOCK
+        )
         doc.update(
             id=uuid.uuid4().hex,
             state=TaskState.READY.value,

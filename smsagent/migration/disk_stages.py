@@ -14,7 +14,8 @@ as someone else mounted it.
 from __future__ import annotations
 
 import asyncio
-from typing import Final, Optional
+from collections.abc import Awaitable
+from typing import Final, Optional, TypeVar
 
 from pydantic import JsonValue
 
@@ -26,6 +27,8 @@ from smsagent.target.prepare import PrepareError, TargetPreparer
 from smsagent.target.prepared import PreparedTarget
 from smsagent.target.session import TargetError, TargetSession
 from smsagent.waits import within
+
+T = TypeVar("T")
 
 FORMAT_STAGE: Final = SubtaskName.FORMAT_DISK_LINUX_FILE
 CONFIGURE_STAGE: Final = SubtaskName.CONFIGURE_LINUX_FILE
@@ -58,7 +61,7 @@ class DiskStages:
         """
         recorded = self._recorded()
         if recorded is not None:
-            await self._preparer.remount(recorded)
+            await self._until_stopped(self._preparer.remount(recorded))
             self.prepared = recorded
             return recorded
         try:
@@ -77,7 +80,7 @@ class DiskStages:
             disks=layout.device_names(),
             boot_mode=layout.boot_mode.value,
         )
-        prepared = await self._preparer.prepare(layout)
+        prepared = await self._until_stopped(self._preparer.prepare(layout))
         self.prepared = prepared
         resume: dict[str, JsonValue] = {_PREPARED_KEY: prepared.to_json()}
         done_s = self._ctx.clock()
@@ -92,6 +95,25 @@ class DiskStages:
             volumes=[f"{v.device}:{v.fstype}:{v.mount_point or '-'}" for v in prepared.volumes],
         )
         return prepared
+
+    async def _until_stopped(self, operation: Awaitable[T]) -> T:
+        """`operation`'s result, or `WorkCancelled` as soon as the work must stop.
+
+        A remote command (a mkfs of a large disk, an initramfs) can take minutes; a STOP must
+        not wait for it. Cancelling the operation ends its ssh client, and with it the command.
+        """
+        running = asyncio.ensure_future(operation)
+        stop = asyncio.ensure_future(self._ctx.cancel.wait())
+        try:
+            await asyncio.wait({running, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not running.done():
+                running.cancel()
+                await asyncio.wait({running})
+        if running.cancelled():
+            self._ctx.cancel.raise_if_cancelled()
+        return running.result()
 
     def _recorded(self) -> Optional[PreparedTarget]:
         record = self._ctx.task_record()

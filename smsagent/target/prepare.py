@@ -150,6 +150,8 @@ def build_steps(layout: TargetLayout) -> list[Step]:
     for disk in layout.disks:
         # Whatever the disk held before: file system, RAID and LVM signatures, partition tables.
         steps.append(Step(("wipefs", "--all", "--force", disk.device), f"wipe {disk.device}"))
+        if disk.whole is not None:
+            continue  # the volume is the disk itself: no table
         script = sfdisk_script(disk)
         steps.append(
             Step(

@@ -58,7 +58,6 @@ def _one_disk(device: str) -> dict[str, Any]:
                 "partition_style": "GPT",
                 "device_use": "BOOT",
                 "size": 1024 * MIB,
-                "relation_name": "/dev/sda",
                 "physical_volumes": [
                     {"index": 0, "size": MIB, "device_use": "NORMAL"},  # BIOS boot
                     {

@@ -91,7 +91,7 @@ class TestChecks:
         devices = _devices(SYSTEM_DISK, _dev("/dev/vdb", 2 * GIB))
         refusals = check_disks(_layout(), devices, own_root=OWN_ROOT)
         assert refusals[0].code == DISK_TOO_SMALL
-        assert "2048 MiB" in refusals[0].reason and "needs 2434 MiB" in refusals[0].reason
+        assert "2048 MiB" in refusals[0].reason and "needs 2433 MiB" in refusals[0].reason
 
     def test_the_running_root_is_refused_by_mount_and_by_source(self) -> None:
         by_mount = check_disks(_layout("/dev/vda"), _devices(SYSTEM_DISK), own_root=OWN_ROOT)
@@ -218,6 +218,38 @@ class TestCommands:
         assert steps == ["wipefs", "sh", "mkfs.ext4", "mkfs.ext4", "mkswap"]
         devices = [s.argv[-1] for s in build_steps(_layout())[2:]]
         assert devices == ["/dev/vdb1", "/dev/vdb2", "/dev/vdb3"]
+
+    def test_a_whole_disk_volume_gets_no_table(self) -> None:
+        raw = {
+            "disks": [
+                {
+                    "name": "/dev/vda",
+                    "partition_style": "MBR",
+                    "device_use": "BOOT",
+                    "size": 4 * GIB,
+                    "physical_volumes": [
+                        {"index": 0, "file_system": "ext4", "mount_point": "/", "size": 3 * GIB}
+                    ],
+                },
+                {
+                    "name": "/dev/vdb",
+                    "size": 2 * GIB,
+                    "physical_volumes": [
+                        {
+                            "name": "/dev/vdb",
+                            "file_system": "xfs",
+                            "mount_point": "/data",
+                            "size": 2 * GIB,
+                        }
+                    ],
+                },
+            ]
+        }
+        layout = parse_layout(TaskTargetServer.model_validate(raw))
+        argv = [s.argv for s in build_steps(layout)]
+        assert ("wipefs", "--all", "--force", "/dev/vdb") in argv
+        assert not any(a[0] == "sh" and a[-1] == "/dev/vdb" for a in argv)  # no sfdisk
+        assert ("mkfs.xfs", "-f", "-q", "/dev/vdb") in argv
 
     def test_lvm_steps(self) -> None:
         raw = {

@@ -13,7 +13,8 @@ STAMP  := $(VENV)/.installed
 # libsystemd-dev and pkg-config to build systemd-python.
 SYSTEM_PACKAGES := rsync openssh-server openssh-client iproute2 acl attr \
 	lvm2 btrfs-progs xfsprogs dosfstools fusefat fdisk parted util-linux \
-	debootstrap systemd-container libsystemd-dev pkg-config gcc python3-dev rpm openssl
+	debootstrap systemd-container libsystemd-dev pkg-config gcc python3-dev rpm openssl \
+	qemu-system-x86 ovmf grub-pc-bin grub-efi-amd64-bin mtools
 
 .PHONY: test lint unit demo system-deps venv clean package test-matrix
 

@@ -246,9 +246,21 @@ class TargetSession:
         return f"{host}:{remote_path}"
 
     async def run(
-        self, argv_remote: Sequence[str], timeout_s: float, *, grace_s: float = 5.0
+        self,
+        argv_remote: Sequence[str],
+        timeout_s: float,
+        *,
+        grace_s: float = 5.0,
+        input: Optional[bytes] = None,
     ) -> CompletedRemote:
         """Run a command on the target; its argv is quoted for the remote shell with shlex.join.
+
+        Args:
+            argv_remote: the remote command and its arguments.
+            timeout_s: the whole run's limit, stdin, stdout and stderr included.
+            grace_s: how long a command past its limit gets after SIGTERM.
+            input: bytes for the command's stdin, which is then closed; without it the
+                command reads an empty stdin.
 
         Raises:
             TargetError: ssh itself failed (exit 255), or the command outlived `timeout_s`
@@ -257,7 +269,7 @@ class TargetSession:
         argv = [*self.ssh_argv(), "--", self.host, shlex.join(argv_remote)]
         proc = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL if input is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=minimal_env(),
@@ -265,8 +277,12 @@ class TargetSession:
         )
         stderr_tail = LineTail()
         try:
-            stdout, _ = await within(
-                asyncio.gather(_read_all(proc.stdout), drain_into(proc.stderr, stderr_tail)),
+            stdout, _, _ = await within(
+                asyncio.gather(
+                    _read_all(proc.stdout),
+                    drain_into(proc.stderr, stderr_tail),
+                    _feed(proc.stdin, input),
+                ),
                 timeout_s,
             )
             returncode = await proc.wait()
@@ -299,3 +315,17 @@ async def _read_all(stream: Optional[asyncio.StreamReader]) -> bytes:
     if stream is None:
         return b""
     return await stream.read()
+
+
+async def _feed(stream: Optional[asyncio.StreamWriter], data: Optional[bytes]) -> None:
+    """Write `data` to a child's stdin and close it; a child that exits without reading it all
+    is not an error here (its exit status tells)."""
+    if stream is None or data is None:
+        return
+    try:
+        stream.write(data)
+        await stream.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        stream.close()

@@ -14,18 +14,22 @@ as someone else mounted it.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable
 from typing import Final, Optional, TypeVar
 
 from pydantic import JsonValue
 
-from smsagent.agent.handler_api import HandlerContext, StageProgress
+from smsagent.agent.handler_api import HandlerContext, StageProgress, TaskRecord
 from smsagent.api.enums import SubtaskName
 from smsagent.api.models import Task
+from smsagent.target.configure import configure
+from smsagent.target.configure_report import Action
 from smsagent.target.layout import LayoutError, parse_layout
 from smsagent.target.prepare import PrepareError, TargetPreparer
 from smsagent.target.prepared import PreparedTarget
 from smsagent.target.session import TargetError, TargetSession
+from smsagent.target.tree_remote import RemoteTree
 from smsagent.waits import within
 
 T = TypeVar("T")
@@ -35,6 +39,11 @@ CONFIGURE_STAGE: Final = SubtaskName.CONFIGURE_LINUX_FILE
 ERROR_LAYOUT: Final = "SMSAGENT.TARGET_LAYOUT"
 RELEASE_TIMEOUT_S: Final = 60.0
 _PREPARED_KEY: Final = "prepared"
+_MANAGED_KEY: Final = "managed"
+# What configure keeps beside the files it changed (`configure_files.BACKUP_SUFFIX`): a sync pass
+# never deletes them, although the source has none.
+_PROTECTED_BACKUPS: Final = ("P *.smsagent.bak", "P *.smsagent.bak.[0-9]*")
+_WILDCARDS: Final = re.compile(r"([*?\[\\])")
 
 
 class DiskStages:
@@ -50,6 +59,8 @@ class DiskStages:
     def __init__(self, ctx: HandlerContext, task: Task, session: TargetSession, root: str) -> None:
         self._ctx = ctx
         self._task = task
+        self._session = session
+        self._root = root
         self._preparer = TargetPreparer(session, root, ctx.cancel.raise_if_cancelled)
         self.prepared: Optional[PreparedTarget] = None
 
@@ -61,7 +72,8 @@ class DiskStages:
         """
         recorded = self._recorded()
         if recorded is not None:
-            await self._until_stopped(self._preparer.remount(recorded))
+            async with self._session.shared_connection():
+                await self._until_stopped(self._preparer.remount(recorded))
             self.prepared = recorded
             return recorded
         try:
@@ -80,7 +92,8 @@ class DiskStages:
             disks=layout.device_names(),
             boot_mode=layout.boot_mode.value,
         )
-        prepared = await self._until_stopped(self._preparer.prepare(layout))
+        async with self._session.shared_connection():
+            prepared = await self._until_stopped(self._preparer.prepare(layout))
         self.prepared = prepared
         resume: dict[str, JsonValue] = {_PREPARED_KEY: prepared.to_json()}
         done_s = self._ctx.clock()
@@ -95,6 +108,58 @@ class DiskStages:
             volumes=[f"{v.device}:{v.fstype}:{v.mount_point or '-'}" for v in prepared.volumes],
         )
         return prepared
+
+    async def configure(self, *, fresh: bool) -> None:
+        """CONFIGURE_LINUX_FILE on the mounted copy (again after a sync pass: `fresh`).
+
+        Raises:
+            ConfigureError: a file or command on the target failed (SMS.3102 for the initramfs).
+        """
+        prepared = self.prepared
+        if prepared is None:
+            raise RuntimeError("configure before the target was mounted")
+        stage = CONFIGURE_STAGE.value
+        managed_before = self._managed()
+        now_s = self._ctx.clock()
+
+        def begin(record: TaskRecord) -> TaskRecord:
+            if fresh:
+                record = record.with_stage(stage, StageProgress(), now_s)
+            return record.begin_stage(stage, now_s)
+
+        await self._ctx.update_task(begin)
+        await self._ctx.progress.report(CONFIGURE_STAGE, 0, 1, force=True)
+        tree = RemoteTree(self._session, self._root)
+        async with self._session.shared_connection():
+            report = await self._until_stopped(
+                configure(tree, prepared, self._ctx.log, cancel=self._ctx.cancel.raise_if_cancelled)
+            )
+        # What changed on the target, file by file, with its backup: in the task's log.
+        self._ctx.log.info("target_configured", **report.to_json())
+        done_s = self._ctx.clock()
+        # Every path a configuration changed stays managed, also when a later run found it
+        # already as it should be.
+        changed = {c.path for c in report.files if c.action is not Action.UNCHANGED}
+        managed: list[JsonValue] = [*sorted(changed | set(managed_before))]
+        resume: dict[str, JsonValue] = {_MANAGED_KEY: managed}
+        await self._ctx.update_task(
+            lambda r: r.record_progress(stage, 1, 1, done_s, resume).finish_stage(stage, done_s)
+        )
+        await self._ctx.progress.report(CONFIGURE_STAGE, 1, 1, force=True)
+
+    def sync_rules(self) -> tuple[str, ...]:
+        """rsync rules for a sync pass: the files the last configuration manages stay as it
+        left them (spec §7.5 leaves out what SMS rewrote, e.g. `/etc/fstab`; this is the same for
+        every file ours rewrote), and its backups are never deleted."""
+        return (*_PROTECTED_BACKUPS, *(f"- {_literal(path)}" for path in self._managed()))
+
+    def _managed(self) -> list[str]:
+        """The paths the configurations so far changed on the target."""
+        record = self._ctx.task_record()
+        if record is None:
+            return []
+        managed = record.progress_of(CONFIGURE_STAGE.value).resume.get(_MANAGED_KEY)
+        return [p for p in managed if isinstance(p, str)] if isinstance(managed, list) else []
 
     async def _until_stopped(self, operation: Awaitable[T]) -> T:
         """`operation`'s result, or `WorkCancelled` as soon as the work must stop.
@@ -143,3 +208,8 @@ class DiskStages:
             raise
         else:
             self._ctx.log.info("target_unmounted")
+
+
+def _literal(path: str) -> str:
+    """`path` as an rsync pattern that matches only itself."""
+    return _WILDCARDS.sub(r"\\\1", path)

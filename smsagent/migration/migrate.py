@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import posixpath
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Callable, Final, Optional, TypeVar
 
@@ -35,7 +35,7 @@ from smsagent.config import DEFAULT_ENV_FILE
 from smsagent.inventory.mounts import read_mountinfo
 from smsagent.log import scrub
 from smsagent.migration.consistency import VerifyReport, plan_verification, verify
-from smsagent.migration.disk_stages import DiskStages
+from smsagent.migration.disk_stages import CONFIGURE_STAGE, DiskStages
 from smsagent.migration.excludes import PathListError
 from smsagent.migration.options import (
     ERROR_SETTING,
@@ -49,6 +49,7 @@ from smsagent.migration.plan import STAGES, SourcePlan, build_pass, copy_rules, 
 from smsagent.migration.rsync import PassKind, RetryPolicy, RsyncError
 from smsagent.migration.settings import MigrationSettings, SettingError, parse_settings
 from smsagent.migration.speedlimit import SpeedLimitWatch
+from smsagent.target.configure_report import ConfigureError
 from smsagent.target.prepare import PrepareError
 from smsagent.target.session import TargetError, TargetSession, check_host, store_private_key
 from smsagent.waits import wait_any
@@ -70,7 +71,15 @@ async def handle_command(
         if command.action is Action.run_premigrate:
             return await run_premigrate(ctx, dataclasses.replace(command, task=task))
         return await _Migration(ctx, task, options).run(command.action)
-    except (RsyncError, TargetError, PrepareError, SettingError, PathListError, SmsError) as exc:
+    except (
+        RsyncError,
+        TargetError,
+        PrepareError,
+        ConfigureError,
+        SettingError,
+        PathListError,
+        SmsError,
+    ) as exc:
         code, message = _reason(exc)
         ctx.log.warning("migration_failed", error_code=code, error=message)
         state = State.idle if command.action is Action.run_premigrate else State.failed
@@ -79,7 +88,7 @@ async def handle_command(
 
 def _reason(exc: Exception) -> tuple[str, str]:
     """The SMS error code and message of an expected failure."""
-    if isinstance(exc, (RsyncError, TargetError, PrepareError)):
+    if isinstance(exc, (RsyncError, TargetError, PrepareError, ConfigureError)):
         return exc.error_code, scrub(exc.message)
     if isinstance(exc, SmsError):
         return exc.error_code or ERROR_SMS_UNREACHABLE, scrub(str(exc))
@@ -106,6 +115,26 @@ async def _sms_call(
             ctx.log.warning("sms_call_retry", attempt=attempt, error=str(exc))
         await _pause(ctx, options.sms_retry_delay_s)
         attempt += 1
+
+
+def _in_sync(record: Optional[TaskRecord]) -> bool:
+    """Whether the task was in a sync pass (copying, or configuring after one) when it stopped."""
+    if record is None:
+        return False
+    if record.stage == STAGES[PassKind.sync].value:
+        return True
+    return _configuring(record) and (
+        record.progress_of(STAGES[PassKind.sync].value).started_at is not None
+    )
+
+
+def _configuring(record: Optional[TaskRecord]) -> bool:
+    """Whether the task stopped in the middle of configuring the target."""
+    return (
+        record is not None
+        and record.stage == CONFIGURE_STAGE.value
+        and not record.progress_of(CONFIGURE_STAGE.value).done
+    )
 
 
 def target_address(task: Task) -> Optional[str]:
@@ -166,14 +195,13 @@ class _Migration:
             self._ctx.log.warning("leftover_movers_killed", pids=leftovers)
         prepared = await self._prepare()
         record = self._ctx.task_record()
-        resuming_sync = record is not None and record.stage == STAGES[PassKind.sync].value
         disks = self._disk_stages(prepared)
         try:
             if disks is not None:
                 await disks.mount()
-            if action is Action.sync_task or (action is Action.resume_task and resuming_sync):
-                return await self._sync(prepared)
-            return await self._replicate(prepared)
+            if action is Action.sync_task or (action is Action.resume_task and _in_sync(record)):
+                return await self._sync(prepared, disks)
+            return await self._replicate(prepared, disks)
         finally:
             if disks is not None:
                 await disks.release()
@@ -264,8 +292,8 @@ class _Migration:
 
     # -- stages --
 
-    async def _replicate(self, prepared: _Prepared) -> HandlerOutcome:
-        """The full copy and its verification, each unless already done."""
+    async def _replicate(self, prepared: _Prepared, disks: Optional[DiskStages]) -> HandlerOutcome:
+        """The full copy, its verification and the target's configuration, each unless done."""
         detail: dict[str, JsonValue] = {"stage": STAGES[PassKind.migrate].value}
         if not self._done(STAGES[PassKind.migrate].value):
             summary = await self._copy(prepared, PassKind.migrate)
@@ -275,21 +303,36 @@ class _Migration:
         detail["verification"] = verification
         if report is not None and not report.stopped:
             detail["consistent"] = report.consistent
+        if disks is not None and not self._done(CONFIGURE_STAGE.value):
+            await disks.configure(fresh=False)
         message = f"the full copy is on the target; verification {verification}"
         return HandlerOutcome.success(message, next_state=State.replicated, detail=detail)
 
-    async def _sync(self, prepared: _Prepared) -> HandlerOutcome:
-        """One sync pass; for a task with `syncing`, a pass every `sync_interval` until stopped."""
+    async def _sync(self, prepared: _Prepared, disks: Optional[DiskStages]) -> HandlerOutcome:
+        """One sync pass and the configuration after it; for a task with `syncing`, a pass
+        every `sync_interval` until stopped (the target's file systems unmounted in between)."""
+        record = self._ctx.task_record()
+        # Stopped while configuring after a pass: that pass is on the target; configure it.
+        copied = _configuring(record)
         while True:
-            summary = await self._copy(prepared, PassKind.sync)
+            rules = () if disks is None else disks.sync_rules()
+            summary = None if copied else await self._copy(prepared, PassKind.sync, rules)
+            if disks is not None:
+                await disks.configure(fresh=not copied)
+            copied = False
             if not self._task.syncing:
                 detail: dict[str, JsonValue] = {"stage": STAGES[PassKind.sync].value}
-                detail.update(summary.detail())
+                if summary is not None:
+                    detail.update(summary.detail())
                 return HandlerOutcome.success(
                     "the sync pass is done", next_state=State.replicated, detail=detail
                 )
+            if disks is not None:
+                await disks.release()
             await _pause(self._ctx, self._ctx.settings.sync_interval)
             prepared = await self._prepare_again(prepared)
+            if disks is not None:
+                await disks.mount()
 
     async def _prepare_again(self, prepared: _Prepared) -> _Prepared:
         """Read settings and mounts again before a later pass (they may have changed); while
@@ -322,13 +365,15 @@ class _Migration:
             )
         )
 
-    async def _copy(self, prepared: _Prepared, kind: PassKind) -> PassSummary:
+    async def _copy(
+        self, prepared: _Prepared, kind: PassKind, extra_rules: Sequence[str] = ()
+    ) -> PassSummary:
         """One copy pass as a stage: a sync pass starts afresh, the full copy resumes."""
         stage = STAGES[kind]
         record = await self._begin(stage.value, fresh=kind is PassKind.sync)
         start_bytes = 0 if record is None else record.progress_of(stage.value).bytes_done
         spec = await asyncio.to_thread(
-            build_pass, prepared.source, prepared.settings, kind, self._destination
+            build_pass, prepared.source, prepared.settings, kind, self._destination, extra_rules
         )
         total = spec.total_bytes
         await self._ctx.progress.report(stage, min(start_bytes, total), total, force=True)

@@ -150,9 +150,15 @@ def _only_dirs(plan: SourcePlan, settings: MigrationSettings, kind: PassKind) ->
 
 
 def build_pass(
-    plan: SourcePlan, settings: MigrationSettings, kind: PassKind, destination: str
+    plan: SourcePlan,
+    settings: MigrationSettings,
+    kind: PassKind,
+    destination: str,
+    extra_rules: Sequence[str] = (),
 ) -> PassSpec:
     """The streams of a pass of `kind` to `destination` on the target.
+
+    `extra_rules` come first: what the target's configuration manages on a sync pass.
 
     Blocking (with several streams the source is surveyed): run it in a thread.
 
@@ -173,7 +179,7 @@ def build_pass(
             sources=stream.sources,
             destination=destination,
             kind=kind,
-            filter_rules=(*rules, *stream.filter_rules),
+            filter_rules=(*extra_rules, *rules, *stream.filter_rules),
             remote_rsync_path=guarded_rsync_path(destination),
         )
         for stream in streams

@@ -7,8 +7,10 @@ import ipaddress
 import os
 import re
 import shlex
+import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Optional
@@ -204,6 +206,7 @@ class TargetSession:
         self._connect_timeout_s = max(1, round(connect_timeout_s))
         self._alive_interval_s = alive_interval_s
         self._alive_count_max = alive_count_max
+        self._control_path: Optional[str] = None
 
     def ssh_argv(self) -> list[str]:
         """The ssh command and options, without the destination (what rsync's `-e` needs)."""
@@ -266,7 +269,7 @@ class TargetSession:
             TargetError: ssh itself failed (exit 255), or the command outlived `timeout_s`
                 (SMS.3805).
         """
-        argv = [*self.ssh_argv(), "--", self.host, shlex.join(argv_remote)]
+        argv = [*self.ssh_argv(), *self._shared_options(), "--", self.host, shlex.join(argv_remote)]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL if input is None else asyncio.subprocess.PIPE,
@@ -298,6 +301,55 @@ class TargetSession:
             raise classify_ssh_failure(lines)
         return CompletedRemote(tuple(argv_remote), returncode, stdout, tuple(lines))
 
+    def _shared_options(self) -> list[str]:
+        # ControlMaster=no: use the shared connection when its socket answers, else connect as
+        # usual; never become a master (that would outlive this command).
+        if self._control_path is None:
+            return []
+        return ["-o", "ControlMaster=no", "-o", f"ControlPath={self._control_path}"]
+
+    @asynccontextmanager
+    async def shared_connection(self) -> AsyncIterator[None]:
+        """Run this session's commands through one SSH connection while inside.
+
+        A stage that runs many short commands (preparing disks, configuring the copy) would
+        otherwise pay a whole SSH handshake for each. The copy's rsync streams never share it:
+        each has its own connection, so they do not queue behind one another. Without a shared
+        connection (it could not be made, or it broke), each command connects on its own.
+        """
+        if self._control_path is not None:
+            yield
+            return
+        # A short directory of its own: a socket path is limited to about 100 bytes.
+        directory = tempfile.mkdtemp(prefix="smsagent-ssh-")
+        path = str(Path(directory) / "c")
+        master = await asyncio.create_subprocess_exec(
+            *self.ssh_argv(),
+            "-M",
+            "-N",
+            "-o",
+            f"ControlPath={path}",
+            "-o",
+            "ControlPersist=no",
+            "--",
+            self.host,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=minimal_env(),
+            start_new_session=True,
+        )
+        try:
+            if await _socket_appears(path, master, self._connect_timeout_s + 5.0):
+                self._control_path = path
+            yield
+        finally:
+            self._control_path = None
+            await stop_process(master, 2.0)
+            kill_group(master)
+            await master.wait()
+            shutil.rmtree(directory, ignore_errors=True)
+
     async def check(self, timeout_s: Optional[float] = None) -> None:
         """Prove the target answers as root with the task key and the pinned host key.
 
@@ -309,6 +361,21 @@ class TargetSession:
         if not result.ok:
             detail = result.stderr_tail[-1] if result.stderr_tail else f"exit {result.returncode}"
             raise TargetError(SSH_FAILED, f"a command on the target failed: {detail}")
+
+
+async def _socket_appears(path: str, master: asyncio.subprocess.Process, timeout_s: float) -> bool:
+    """Wait until the master's control socket exists; False if the master ended or timed out."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    socket = Path(path)
+    while loop.time() < deadline:
+        # A stat in a private directory on a local disk: it does not block the loop for long.
+        if socket.exists():  # noqa: ASYNC240
+            return True
+        if master.returncode is not None:
+            return False
+        await asyncio.sleep(0.05)
+    return False
 
 
 async def _read_all(stream: Optional[asyncio.StreamReader]) -> bytes:

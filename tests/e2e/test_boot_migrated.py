@@ -1,0 +1,189 @@
+"""A migrated server boots: a real Debian 12 system on loop disks, migrated by the agent into the
+target's disks (of another size), and the target disks booted in qemu (TCG).
+
+The boot check in the source system reports on the serial console after `multi-user.target`:
+the system state, failed units, `findmnt --verify`, where `/` and every fstab entry are mounted
+from, whether smsagent runs, and the digests of marker files. The target must say: running,
+nothing failed, everything mounted from the target's new UUIDs, smsagent masked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from smsagent.agent.machine import State
+from smsagent.api.enums import CommandResult
+from smsagent.target.prepared import PreparedTarget
+from tests.support import helpervm, qemuboot, sourcesys
+from tests.support.emulator import EmulatorProcess
+from tests.support.migrate import MigrationRig, migration_rig
+from tests.support.target import TargetHost
+from tests.support.targetdisks import MIB, TargetDisks, target_disks
+from tests.support.wholeserver import target_server
+
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(900)]
+
+FORMAT = "FORMAT_DISK_LINUX_FILE"
+CONFIGURE = "CONFIGURE_LINUX_FILE"
+# Larger than the source's disk: the target is laid out like the source, the rest stays free.
+EXTRA_MIB = 512
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Iterator[sourcesys.SourceSystem]:
+    reason = sourcesys.missing_requirements() or qemuboot.missing_requirements("bios")
+    if reason:
+        pytest.skip(reason)
+    with sourcesys.source_system("mbr-bios", tmp_path / "source") as built:
+        yield built
+
+
+@pytest.fixture
+def disks(tmp_path: Path) -> Iterator[TargetDisks]:
+    with target_disks(tmp_path) as made:
+        yield made
+
+
+@dataclass
+class Migration:
+    rig: MigrationRig
+    source: sourcesys.SourceSystem
+    devices: list[str]
+
+    def prepared(self) -> PreparedTarget:
+        resume = self.rig.record().progress_of(FORMAT).resume["prepared"]
+        assert isinstance(resume, dict)
+        return PreparedTarget.from_json(resume)
+
+
+@pytest.fixture
+async def migration(
+    tmp_path: Path,
+    emulator: EmulatorProcess,
+    target_host: TargetHost,
+    source: sourcesys.SourceSystem,
+    disks: TargetDisks,
+) -> AsyncIterator[Migration]:
+    size_mib = source.disk_size_bytes // MIB + EXTRA_MIB
+    devices = [disks.add(size_mib) for _ in source.disks]
+    async with migration_rig(
+        tmp_path / "agent",
+        emulator,
+        target_host,
+        source.root,
+        target_layout="task",
+        stop_grace=5.0,
+    ) as rig:
+        server = target_server(source, devices, size_mib * MIB, target_host.ip)
+        rig.create_task(target_server=server)
+        yield Migration(rig, source, devices)
+
+
+def boot_target(
+    devices: list[str], firmware: str, prepared: PreparedTarget, log: Path
+) -> qemuboot.BootResult:
+    """Boot the target's disks (unmounted by the agent) and check what a user would."""
+    result = qemuboot.boot(devices, firmware, log_path=log)
+    failure = qemuboot.failure_message(result)
+    checks = result.checks
+    assert result.reason == "done", failure
+    assert checks.system == "running", failure
+    assert checks.failed == [], failure
+    assert checks.findmnt_verify_rc == 0, failure
+    new_uuids = {v.mount_point: v.uuid for v in prepared.volumes if v.mount_point}
+    assert checks.root.get("uuid") == new_uuids["/"], failure
+    for mount_point, mounted in checks.mounts.items():
+        assert mounted.get("uuid") == new_uuids[mount_point], (mount_point, failure)
+    assert set(checks.mounts) >= set(new_uuids) - {"/"}, failure
+    swap_uuids = {v.uuid for v in prepared.volumes if v.is_swap}
+    assert {s.get("uuid") for s in checks.swaps} == swap_uuids, failure
+    assert checks.smsagent.get("active") != "active", failure
+    assert checks.smsagent.get("enabled") == "masked", failure
+    return result
+
+
+def _boot(migration: Migration, tmp_path: Path, name: str) -> qemuboot.BootResult:
+    assert migration.rig.target.mounts_below(migration.rig.target.root) == []
+    return boot_target(
+        migration.devices,
+        migration.source.firmware,
+        migration.prepared(),
+        tmp_path / f"{name}.console",
+    )
+
+
+async def test_migrated_mbr_bios_server_boots_and_a_sync_pass_keeps_it_booting(
+    migration: Migration, tmp_path: Path
+) -> None:
+    rig = migration.rig
+
+    await rig.start()
+    settled = await rig.settled(timeout_s=600)
+
+    assert settled.result is CommandResult.success, settled.message
+    assert settled.state is State.replicated
+    stages = [r["subtask_name"] for r in rig.progress_reports()]
+    assert stages.index(FORMAT) < stages.index("MIGRATE_LINUX_FILE") < stages.index(CONFIGURE)
+    _boot(migration, tmp_path, "full")
+
+    # The source changes; a sync pass brings the change and configures the copy again.
+    marker = migration.source.root / "srv" / "changed-after-the-copy.txt"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("written on the source after the full copy\n")
+    markers = migration.source.root / "etc" / "smsagent-bootcheck.markers"
+    markers.write_text("/srv/changed-after-the-copy.txt\n")
+    await rig.start()
+    synced = await rig.settled(timeout_s=600)
+
+    assert synced.result is CommandResult.success, synced.message
+    assert synced.detail.get("files_transferred", 0) >= 2, synced.detail
+    result = _boot(migration, tmp_path, "sync")
+    want = hashlib.sha256(marker.read_bytes()).hexdigest()
+    assert result.checks.markers == {"/srv/changed-after-the-copy.txt": want}
+
+
+@pytest.mark.parametrize("layout", ["gpt-bios-lvm", "gpt-uefi"])
+async def test_migrated_server_boots_lvm_and_uefi_through_a_helper_vm_target(
+    layout: str, tmp_path: Path, emulator: EmulatorProcess
+) -> None:
+    """The target is a VM booted from a helper image (as in SMS), with the target disks
+    attached: this host's kernel has neither device-mapper nor vfat, the VM's has both."""
+    firmware = "uefi" if layout == "gpt-uefi" else "bios"
+    reason = (
+        sourcesys.missing_requirements()
+        or qemuboot.missing_requirements(firmware)
+        or helpervm.missing_requirements()
+    )
+    if reason:
+        pytest.skip(reason)
+    with (
+        sourcesys.source_system(layout, tmp_path / "source") as source,
+        target_disks(tmp_path) as disks,
+    ):
+        size_mib = source.disk_size_bytes // MIB + EXTRA_MIB
+        devices = [disks.add(size_mib) for _ in source.disks]
+        with helpervm.helper_vm(tmp_path / "vm", devices) as vm:
+            guest = [vm.guest_device(i) for i in range(len(devices))]
+            async with migration_rig(
+                tmp_path / "agent",
+                emulator,
+                vm,  # type: ignore[arg-type]
+                source.root,
+                target_layout="task",
+                ssh_port=vm.port,
+                stop_grace=5.0,
+            ) as rig:
+                rig.create_task(target_server=target_server(source, guest, size_mib * MIB, vm.ip))
+                await rig.start()
+                settled = await rig.settled(timeout_s=1500)
+                assert settled.result is CommandResult.success, settled.message
+                resume = rig.record().progress_of(FORMAT).resume["prepared"]
+                assert isinstance(resume, dict)
+                prepared = PreparedTarget.from_json(resume)
+            vm.shutdown()
+        boot_target(devices, firmware, prepared, tmp_path / "boot.console")

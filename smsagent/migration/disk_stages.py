@@ -61,7 +61,7 @@ class DiskStages:
         self._task = task
         self._session = session
         self._root = root
-        self._preparer = TargetPreparer(session, root, ctx.cancel.raise_if_cancelled)
+        self._preparer = TargetPreparer(session, root, ctx.cancel.raise_if_cancelled, ctx.log)
         self.prepared: Optional[PreparedTarget] = None
 
     async def mount(self) -> PreparedTarget:

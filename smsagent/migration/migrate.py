@@ -285,6 +285,7 @@ class _Migration:
             paths.private_key,
             paths.known_hosts,
             connect_timeout_s=settings.connect_timeout,
+            task_id=self._task.id,
         )
 
     async def _sms(self, call: Callable[[], Awaitable[T]]) -> T:

@@ -16,7 +16,7 @@ import re
 import shlex
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Final, Optional
+from typing import Any, Callable, Final, Optional
 
 from smsagent.target.disks import (
     DISK_IN_USE,
@@ -212,12 +212,16 @@ class TargetPreparer:
         session: SSH to the target.
         root: where the target tree is mounted on the target (the copy's destination).
         checkpoint: called between steps; raises to stop.
+        log: a structlog logger for each step (`target_prepare_step`), or None.
     """
 
-    def __init__(self, session: TargetSession, root: str, checkpoint: Checkpoint) -> None:
+    def __init__(
+        self, session: TargetSession, root: str, checkpoint: Checkpoint, log: Any = None
+    ) -> None:
         self._session = session
         self._root = posixpath.normpath(root)
         self._checkpoint = checkpoint
+        self._log = log
 
     async def inspect(self) -> TargetDevices:
         """The target's devices, its LVM physical volumes and its root's source."""
@@ -254,6 +258,8 @@ class TargetPreparer:
         await self._release_old_groups(layout, devices)
         for step in build_steps(layout):
             self._checkpoint()
+            if self._log is not None:
+                self._log.info("target_prepare_step", step=step.what)
             await self._must(step.argv, step.what, step.timeout_s)
             if step.what.startswith("partition "):
                 await self._wait_for_partitions(layout, step.argv[-1])

@@ -20,6 +20,7 @@ from smsagent.childproc import (
     drain_into,
     kill_group,
     minimal_env,
+    mover_env,
     stop_process,
 )
 from smsagent.waits import within
@@ -179,6 +180,7 @@ class TargetSession:
         ssh_path: the ssh client.
         connect_timeout_s: TCP connect and banner timeout.
         alive_interval_s: keepalive probe period; `alive_count_max` missed probes drop the link.
+        task_id: tags the ssh processes with the task (`childproc.mover_env`), or None.
     """
 
     def __init__(
@@ -193,6 +195,7 @@ class TargetSession:
         connect_timeout_s: float = 20.0,
         alive_interval_s: int = 15,
         alive_count_max: int = 4,
+        task_id: Optional[str] = None,
     ) -> None:
         if not 0 < port < 65536:
             msg = f"target port {port} is outside 1..65535"
@@ -207,6 +210,7 @@ class TargetSession:
         self._alive_interval_s = alive_interval_s
         self._alive_count_max = alive_count_max
         self._control_path: Optional[str] = None
+        self._task_id = task_id
 
     def ssh_argv(self) -> list[str]:
         """The ssh command and options, without the destination (what rsync's `-e` needs)."""
@@ -275,7 +279,7 @@ class TargetSession:
             stdin=asyncio.subprocess.DEVNULL if input is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=minimal_env(),
+            env=self._env(),
             start_new_session=True,
         )
         stderr_tail = LineTail()
@@ -300,6 +304,11 @@ class TargetSession:
         if returncode == SSH_EXIT_FAILED:
             raise classify_ssh_failure(lines)
         return CompletedRemote(tuple(argv_remote), returncode, stdout, tuple(lines))
+
+    def _env(self) -> dict[str, str]:
+        # Tagged with the task: a restart after `kill -9` finds the ssh clients (and the shared
+        # connection) the killed agent left, as it finds its movers.
+        return mover_env(self._task_id) if self._task_id else minimal_env()
 
     def _shared_options(self) -> list[str]:
         # ControlMaster=no: use the shared connection when its socket answers, else connect as
@@ -336,7 +345,7 @@ class TargetSession:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
-            env=minimal_env(),
+            env=self._env(),
             start_new_session=True,
         )
         try:

@@ -18,7 +18,12 @@ import pytest
 
 from smsagent.agent.machine import State
 from smsagent.api.enums import CommandResult
+from smsagent.api.models import TaskTargetServer
+from smsagent.target.disks import DISK_HOLDS_ROOT, DISK_TOO_SMALL
+from smsagent.target.layout import parse_layout
+from smsagent.target.prepare import PrepareError, TargetPreparer
 from smsagent.target.prepared import PreparedTarget
+from smsagent.target.session import TargetSession, store_private_key
 from tests.support import helpervm, qemuboot, sourcesys
 from tests.support.emulator import EmulatorProcess
 from tests.support.migrate import MigrationRig, migration_rig
@@ -169,6 +174,7 @@ async def test_migrated_server_boots_lvm_and_uefi_through_a_helper_vm_target(
         devices = [disks.add(size_mib) for _ in source.disks]
         with helpervm.helper_vm(tmp_path / "vm", devices) as vm:
             guest = [vm.guest_device(i) for i in range(len(devices))]
+            await _refuses_the_running_system(vm, tmp_path / "refusal", source, size_mib)
             async with migration_rig(
                 tmp_path / "agent",
                 emulator,
@@ -187,3 +193,26 @@ async def test_migrated_server_boots_lvm_and_uefi_through_a_helper_vm_target(
                 prepared = PreparedTarget.from_json(resume)
             vm.shutdown()
         boot_target(devices, firmware, prepared, tmp_path / "boot.console")
+
+
+async def _refuses_the_running_system(
+    vm: helpervm.HelperVM, workdir: Path, source: sourcesys.SourceSystem, size_mib: int
+) -> None:
+    """A layout naming the target's own system disk (the helper's /dev/vda) is refused, with
+    the disk named, before anything is written to it."""
+    paths = store_private_key(workdir, "task-refusal", vm.client_private_key_pem)
+    session = TargetSession(vm.ip, vm.port, paths.private_key, paths.known_hosts)
+    layout = parse_layout(
+        TaskTargetServer.model_validate(target_server(source, ["/dev/vda"], size_mib * MIB, vm.ip))
+    )
+    edges = "dd if=/dev/vda bs=1M count=1 status=none | sha256sum; " + (
+        "dd if=/dev/vda bs=1M status=none "
+        "skip=$(( $(blockdev --getsize64 /dev/vda) / 1048576 - 1 )) | sha256sum"
+    )
+    before = vm.ssh("sh", "-c", edges).stdout
+    with pytest.raises(PrepareError) as refused:
+        await TargetPreparer(session, vm.root, checkpoint=lambda: None).prepare(layout)
+    message = refused.value.message
+    assert refused.value.error_code in (DISK_HOLDS_ROOT, DISK_TOO_SMALL), message
+    assert "target disk /dev/vda: /dev/vda is the target's running root" in message
+    assert vm.ssh("sh", "-c", edges).stdout == before

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from smsagent.target.session import TargetSession, store_private_key
+from tests.support import qemuboot, sourcesys
 from tests.support.target import TargetHost, require_root
+from tests.support.targetdisks import TargetDisks, target_disks
 from tests.support.tree import MiB, SpecialTree, build_special_tree
 
 
@@ -56,3 +58,20 @@ def target_session(target_host: TargetHost, state_dir: Path) -> TargetSession:
 def special_tree(tmp_path: Path) -> SpecialTree:
     """The source tree with every kind of file and metadata, its large file 20 MiB."""
     return build_special_tree(tmp_path / "source", large_file_bytes=20 * MiB)
+
+
+@pytest.fixture
+def disks(tmp_path: Path) -> Iterator[TargetDisks]:
+    """Blank loop disks for the target (`disks.add(size_mib)`), detached afterwards."""
+    with target_disks(tmp_path) as made:
+        yield made
+
+
+@pytest.fixture
+def mbr_bios_source(tmp_path: Path) -> Iterator[sourcesys.SourceSystem]:
+    """Layout (a): a Debian 12 system on a loop disk, MBR, /boot ext4, / ext4, swap, BIOS."""
+    reason = sourcesys.missing_requirements() or qemuboot.missing_requirements("bios")
+    if reason:
+        pytest.skip(reason)
+    with sourcesys.source_system("mbr-bios", tmp_path / "source") as built:
+        yield built

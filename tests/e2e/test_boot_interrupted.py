@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,12 @@ from smsagent.agent.machine import State
 from smsagent.api.enums import CommandResult
 from smsagent.target.prepared import PreparedTarget
 from tests.e2e.test_boot_migrated import EXTRA_MIB, FORMAT, boot_target
-from tests.support import qemuboot, sourcesys
+from tests.support import sourcesys
 from tests.support.agent import AgentProcess
 from tests.support.emulator import EmulatorFactory, EmulatorProcess
 from tests.support.migrate import MigrationRig, migration_rig
 from tests.support.target import TargetHost
-from tests.support.targetdisks import MIB, TargetDisks, target_disks
+from tests.support.targetdisks import MIB, TargetDisks
 from tests.support.wholeserver import target_server
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -34,21 +34,6 @@ MIGRATE = "MIGRATE_LINUX_FILE"
 CONFIGURE = "CONFIGURE_LINUX_FILE"
 # A STOP must not wait for a long remote command (an initramfs takes 15 s here).
 STOP_BOUND_S = 5.0
-
-
-@pytest.fixture
-def source(tmp_path: Path) -> Iterator[sourcesys.SourceSystem]:
-    reason = sourcesys.missing_requirements() or qemuboot.missing_requirements("bios")
-    if reason:
-        pytest.skip(reason)
-    with sourcesys.source_system("mbr-bios", tmp_path / "source") as built:
-        yield built
-
-
-@pytest.fixture
-def disks(tmp_path: Path) -> Iterator[TargetDisks]:
-    with target_disks(tmp_path) as made:
-        yield made
 
 
 def _layout(
@@ -64,8 +49,9 @@ async def rig(
     tmp_path: Path,
     emulator: EmulatorProcess,
     target_host: TargetHost,
-    source: sourcesys.SourceSystem,
+    mbr_bios_source: sourcesys.SourceSystem,
 ) -> AsyncIterator[MigrationRig]:
+    source = mbr_bios_source
     async with migration_rig(
         tmp_path / "agent", emulator, target_host, source.root, target_layout="task"
     ) as made:
@@ -92,11 +78,12 @@ async def _stop_in(rig: MigrationRig, stage: str) -> None:
 
 async def test_stop_in_each_stage_then_start_boots(
     rig: MigrationRig,
-    source: sourcesys.SourceSystem,
+    mbr_bios_source: sourcesys.SourceSystem,
     disks: TargetDisks,
     target_host: TargetHost,
     tmp_path: Path,
 ) -> None:
+    source = mbr_bios_source
     devices, layout = _layout(source, disks, target_host.ip)
     rig.create_task(target_server=layout)
 
@@ -132,10 +119,11 @@ def test_kill_9_in_each_stage_then_restart_boots(
     tmp_path: Path,
     repeating_emulator: EmulatorProcess,
     target_host: TargetHost,
-    source: sourcesys.SourceSystem,
+    mbr_bios_source: sourcesys.SourceSystem,
     disks: TargetDisks,
 ) -> None:
     """The real agent process, killed with SIGKILL in each stage, resumes by itself."""
+    source = mbr_bios_source
     emulator = repeating_emulator
     agent = AgentProcess(
         emulator,

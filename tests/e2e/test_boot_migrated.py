@@ -10,7 +10,7 @@ nothing failed, everything mounted from the target's new UUIDs, smsagent masked.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,21 +39,6 @@ CONFIGURE = "CONFIGURE_LINUX_FILE"
 EXTRA_MIB = 512
 
 
-@pytest.fixture
-def source(tmp_path: Path) -> Iterator[sourcesys.SourceSystem]:
-    reason = sourcesys.missing_requirements() or qemuboot.missing_requirements("bios")
-    if reason:
-        pytest.skip(reason)
-    with sourcesys.source_system("mbr-bios", tmp_path / "source") as built:
-        yield built
-
-
-@pytest.fixture
-def disks(tmp_path: Path) -> Iterator[TargetDisks]:
-    with target_disks(tmp_path) as made:
-        yield made
-
-
 @dataclass
 class Migration:
     rig: MigrationRig
@@ -71,9 +56,10 @@ async def migration(
     tmp_path: Path,
     emulator: EmulatorProcess,
     target_host: TargetHost,
-    source: sourcesys.SourceSystem,
+    mbr_bios_source: sourcesys.SourceSystem,
     disks: TargetDisks,
 ) -> AsyncIterator[Migration]:
+    source = mbr_bios_source
     size_mib = source.disk_size_bytes // MIB + EXTRA_MIB
     devices = [disks.add(size_mib) for _ in source.disks]
     async with migration_rig(
@@ -167,7 +153,9 @@ async def test_migrated_server_boots_lvm_and_uefi_through_a_helper_vm_target(
     if reason:
         pytest.skip(reason)
     with (
-        sourcesys.source_system(layout, tmp_path / "source") as source,
+        # MODULES=dep: the target helper runs under qemu TCG, where every process costs a
+        # translation; Debian's default (`most`, thousands of files) is layout (a)'s.
+        sourcesys.source_system(layout, tmp_path / "source", initramfs_modules="dep") as source,
         target_disks(tmp_path) as disks,
     ):
         size_mib = source.disk_size_bytes // MIB + EXTRA_MIB

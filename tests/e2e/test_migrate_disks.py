@@ -20,19 +20,13 @@ from smsagent.api.enums import CommandResult
 from tests.support.emulator import EmulatorProcess
 from tests.support.migrate import MigrationRig, migration_rig
 from tests.support.target import TargetHost
-from tests.support.targetdisks import MIB, TargetDisks, probe, run, target_disks
+from tests.support.targetdisks import MIB, TargetDisks, probe, run
 from tests.support.tree import SpecialTree
 from tests.support.treecompare import compare_trees, rsync_differences
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
 FORMAT = "FORMAT_DISK_LINUX_FILE"
-
-
-@pytest.fixture
-def disks(tmp_path: Path) -> Iterator[TargetDisks]:
-    with target_disks(tmp_path) as made:
-        yield made
 
 
 @pytest.fixture

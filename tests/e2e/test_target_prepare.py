@@ -6,7 +6,6 @@ layout says; each refusal names the disk and leaves its first and last MiB as th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,9 @@ from tests.support.targetdisks import (
     partition_table,
     probe,
     run,
-    target_disks,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def disks(tmp_path: Path) -> Iterator[TargetDisks]:
-    with target_disks(tmp_path) as made:
-        yield made
 
 
 def _mbr_bios(device: str, *, disk_size: int = 2048 * MIB) -> TaskTargetServer:

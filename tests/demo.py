@@ -121,10 +121,10 @@ def _mounted_read_only(device: str, where: Path) -> Iterator[Path]:
 
 def _show_console(result: qemuboot.BootResult) -> None:
     """The boot as a user would glance at it: the kernel, systemd's last words, the login."""
-    wanted = ("Linux version", "Reached target", "login:", "BOOTCHECK")
+    wanted = ("Linux version", "[  OK  ] Reached target multi-user", "login:", "BOOTCHECK")
     for line in result.lines:
         text = line.strip()
-        if text and any(mark in text for mark in wanted):
+        if text and any(mark in text for mark in wanted) and "systemd[1]:" not in text:
             say(f"  | {text[:110]}")
 
 

@@ -71,6 +71,7 @@ async def _stop_in(rig: MigrationRig, stage: str) -> None:
     asked = time.monotonic()
     stopped = await rig.stop()
     took = time.monotonic() - asked
+    print(f"STOP in {stage}: answered after {took:.2f} s")
     assert stopped.result is CommandResult.success, stopped.message
     assert took < STOP_BOUND_S, f"STOP in {stage} took {took:.1f} s"
     assert rig.record().state is State.stopped

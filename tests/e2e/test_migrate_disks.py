@@ -1,9 +1,11 @@
 """A MIGRATE_FILE task that lays out the target's disks itself: FORMAT, then the copy into them.
 
-The source is a directory with every kind of file; the target is a real sshd in a network
-namespace whose disks are loop devices. What a user would see: the copy inside the new file
-system (read back from the disk after the agent unmounted it), the stage on SMS, a STOP during
-FORMAT resumed by START without a second format, and the file systems unmounted at the end.
+The source is a directory with every kind of file (no operating system); the target is a real
+sshd in a network namespace whose disks are loop devices. What a user would see: the copy inside
+the new file system (read back from the disk after the agent unmounted it), the stages on SMS, a
+STOP during FORMAT resumed by START without a second format, the file systems unmounted at the
+end, and CONFIGURE failing with a reason a user can act on, since there is no system to configure
+(the whole-server tests configure and boot real ones).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 from smsagent.agent.machine import State
 from smsagent.api.enums import CommandResult
 from tests.support.emulator import EmulatorProcess
-from tests.support.migrate import MigrationRig, migration_rig
+from tests.support.migrate import MigrationRig, Settled, migration_rig
 from tests.support.target import TargetHost
 from tests.support.targetdisks import MIB, TargetDisks, probe, run
 from tests.support.tree import SpecialTree
@@ -27,6 +29,7 @@ from tests.support.treecompare import compare_trees, rsync_differences
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
 FORMAT = "FORMAT_DISK_LINUX_FILE"
+CONFIGURE = "CONFIGURE_LINUX_FILE"
 
 
 @pytest.fixture
@@ -68,6 +71,14 @@ def _one_disk(device: str) -> dict[str, Any]:
     }
 
 
+def assert_no_system_to_configure(settled: Settled) -> None:
+    """The copy is done; CONFIGURE finds no operating system in it and says so."""
+    assert settled.result is CommandResult.fail, settled.message
+    assert settled.state is State.failed
+    assert settled.error_code == "SMSAGENT.CONFIGURE"
+    assert "/etc/os-release" in settled.message
+
+
 def assert_copied(source: Path, copy: Path) -> None:
     """The copy holds the source; a new ext4 also has its own lost+found (never copied)."""
     assert compare_trees(source, copy, ignore={b"lost+found"}) == []
@@ -100,11 +111,10 @@ async def test_the_copy_lands_in_the_new_file_system(
     await rig.start()
     settled = await rig.settled()
 
-    assert settled.result is CommandResult.success, settled.message
-    assert settled.state is State.replicated
+    assert_no_system_to_configure(settled)
     assert rig.target.mounts_below(rig.target.root) == []  # unmounted at the end
     stages = [r["subtask_name"] for r in rig.progress_reports()]
-    assert stages.index(FORMAT) < stages.index("MIGRATE_LINUX_FILE")
+    assert stages.index(FORMAT) < stages.index("MIGRATE_LINUX_FILE") < stages.index(CONFIGURE)
     assert probe(f"{device}p2")["TYPE"] == "ext4"
     with _mounted(f"{device}p2", tmp_path / "check") as copy:
         assert_copied(special_tree.root, copy)
@@ -125,7 +135,7 @@ async def test_stop_during_format_then_start_formats_once(
     await rig.start()
     settled = await rig.settled()
 
-    assert settled.result is CommandResult.success, settled.message
+    assert_no_system_to_configure(settled)
     record = rig.record()
     prepared = record.progress_of(FORMAT).resume["prepared"]
     assert isinstance(prepared, dict)

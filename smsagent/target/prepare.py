@@ -90,6 +90,17 @@ def _unraw(field: str) -> str:
     return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), field)
 
 
+# $1 the root. A root mounted twice (a mount over a mount) is taken down layer by layer.
+_UNMOUNT_SCRIPT: Final = """\
+i=0
+while mountpoint -q -- "$1" && [ "$i" -lt 8 ]; do
+  umount --recursive -- "$1" || exit 1
+  i=$((i + 1))
+done
+sync
+"""
+
+
 class PrepareError(Exception):
     """The target's disks cannot be laid out; `error_code` is what SMS is told."""
 
@@ -320,15 +331,17 @@ class TargetPreparer:
             )
 
     async def unmount(self) -> None:
-        """Take down every mount at or below the root, deepest first (the agent's own only)."""
-        for where in await self._mounts_below():
-            result = await self._session.run(("umount", "--", where), COMMAND_TIMEOUT_S)
-            if not result.ok:
-                detail = (
-                    result.stderr_tail[-1] if result.stderr_tail else f"exit {result.returncode}"
-                )
-                raise PrepareError(MOUNT_FAILED, f"{where} cannot be unmounted: {detail}")
-        await self._session.run(("sync",), COMMAND_TIMEOUT_S)
+        """Take down every mount at or below the root, deepest first (all of them the agent's
+        own: `prepare` refuses a root where something else is mounted), then sync.
+
+        One remote command, so that a STOP is answered without a round trip per mount.
+        """
+        result = await self._session.run(
+            ("sh", "-c", _UNMOUNT_SCRIPT, "unmount", self._root), COMMAND_TIMEOUT_S
+        )
+        if not result.ok:
+            detail = result.stderr_tail[-1] if result.stderr_tail else f"exit {result.returncode}"
+            raise PrepareError(MOUNT_FAILED, f"{self._root} cannot be unmounted: {detail}")
 
     # -- helpers --
 

@@ -279,7 +279,7 @@ class TargetSession:
             stdin=asyncio.subprocess.DEVNULL if input is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=self._env(),
+            env=self.child_env(),
             start_new_session=True,
         )
         stderr_tail = LineTail()
@@ -305,7 +305,8 @@ class TargetSession:
             raise classify_ssh_failure(lines)
         return CompletedRemote(tuple(argv_remote), returncode, stdout, tuple(lines))
 
-    def _env(self) -> dict[str, str]:
+    def child_env(self) -> dict[str, str]:
+        """The environment of this session's ssh clients."""
         # Tagged with the task: a restart after `kill -9` finds the ssh clients (and the shared
         # connection) the killed agent left, as it finds its movers.
         return mover_env(self._task_id) if self._task_id else minimal_env()
@@ -345,7 +346,7 @@ class TargetSession:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
-            env=self._env(),
+            env=self.child_env(),
             start_new_session=True,
         )
         try:

@@ -1,0 +1,366 @@
+"""The block receiver: runs on the target, writes the chunks the source sends into its disks.
+
+This file is two things. The agent imports it for the wire format (`HEADER`, the frame kinds and
+codecs), so both ends share one definition. And the agent sends its text to the target over the
+task's SSH session, where `python3` runs it: nothing is installed on the target, so it uses the
+standard library only (and the `zstandard` package when the agent sent one that the target's
+Python can load; otherwise it offers zlib alone).
+
+On the target it reads one JSON document on stdin (the task's TLS material, the devices it may
+write, the port), listens with TLS on the data port, and serves one source connection at a
+time. Both ends are pinned: the source must present the task's source certificate, signed by the
+task's CA; a plain-text or foreign peer fails the handshake. Stdin staying open is its lease:
+when the agent's ssh goes away (the agent stopped or was killed), the receiver exits.
+
+Per connection:
+    source -> HELLO (JSON: the devices by index, sizes, the codecs it will use)
+    target -> READY (JSON: the codecs it has)
+    source -> DATA / ZERO frames, streamed without waiting; FLUSH asks for an acknowledgement
+    target -> ACK(seq): every frame up to `seq` is written and fsync'd
+              NACK(seq): frame `seq` did not match its digest; the target drops every frame
+              until `seq` arrives again (the source goes back to it)
+"""
+
+# It runs on the target's Python, which may be as old as 3.6: no `from __future__ import
+# annotations`, `typing` generics and %-formatting are kept on purpose.
+# ruff: noqa: UP006, UP031, UP035, PTH108, PTH118
+
+import fcntl
+import json
+import os
+import select
+import shutil
+import socket
+import ssl
+import struct
+import sys
+import tempfile
+import threading
+import zlib
+from typing import Any, Callable, Dict, Optional
+
+PROTOCOL_VERSION = 1
+# kind(1) volume(2) seq(8) offset(8) length(4) codec(1) payload(4) crc32(4), network order.
+HEADER = struct.Struct("!BHQQIBII")
+# kind(1) seq(8)
+REPLY = struct.Struct("!BQ")
+# A JSON message: kind(1) length(4), then the UTF-8 text.
+MESSAGE = struct.Struct("!BI")
+
+HELLO = 1
+READY = 2
+DATA = 3
+ZERO = 4
+FLUSH = 5
+ACK = 6
+NACK = 7
+ERROR = 8
+
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+CODEC_ZLIB = 2
+
+MAX_CHUNK = 64 * 1024 * 1024
+MAX_MESSAGE = 1024 * 1024
+# A batch is acknowledged once this much is written, or when the source pauses.
+ACK_BYTES = 16 * 1024 * 1024
+ZERO_SPAN = 1024 * 1024
+BLKZEROOUT = 0x127F
+BLKGETSIZE64 = 0x80081272
+LISTENING = "SMSAGENT-RECEIVER-LISTENING"
+
+
+class ProtocolError(Exception):
+    """The peer sent something this protocol does not allow."""
+
+
+def crc(data: bytes) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def read_exact(sock: Any, size: int) -> bytes:
+    """`size` bytes from `sock`; ConnectionError when the peer closed first."""
+    parts = []
+    remaining = size
+    while remaining:
+        part = sock.recv(min(remaining, 4 * 1024 * 1024))
+        if not part:
+            raise ConnectionError("the peer closed the connection")
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
+
+
+def pack_message(kind: int, body: Dict[str, Any]) -> bytes:
+    text = json.dumps(body, sort_keys=True).encode("utf-8")
+    return MESSAGE.pack(kind, len(text)) + text
+
+
+def read_message(sock: Any, expected: int) -> Dict[str, Any]:
+    kind, size = MESSAGE.unpack(read_exact(sock, MESSAGE.size))
+    if size > MAX_MESSAGE:
+        raise ProtocolError("message of %d bytes is too large" % size)
+    body = json.loads(read_exact(sock, size).decode("utf-8"))
+    if kind == ERROR:
+        raise ProtocolError(str(body.get("error", "the peer reported an error")))
+    if kind != expected or not isinstance(body, dict):
+        raise ProtocolError("expected message %d, got %d" % (expected, kind))
+    return body
+
+
+def decoders() -> Dict[int, Callable[[bytes, int], bytes]]:
+    """The codecs this Python can decode: raw and zlib always, zstd when importable."""
+    table: Dict[int, Callable[[bytes, int], bytes]] = {
+        CODEC_RAW: lambda payload, length: payload,
+        CODEC_ZLIB: lambda payload, length: zlib.decompress(payload),
+    }
+    try:
+        import zstandard  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return table
+    decompressor = zstandard.ZstdDecompressor()
+    table[CODEC_ZSTD] = lambda payload, length: decompressor.decompress(
+        payload, max_output_size=length
+    )
+    return table
+
+
+class Volume:
+    """One target device this receiver may write, opened exclusively (a mounted or otherwise
+    claimed device refuses the open, so the receiver never writes one in use)."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+        actual = device_size(self.fd)
+        if actual < size:
+            os.close(self.fd)
+            raise ProtocolError("%s holds %d bytes, fewer than the %d sent" % (path, actual, size))
+        self.size = actual
+        self.dirty = False
+
+    def write(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self.fd, view, offset)
+            view = view[written:]
+            offset += written
+        self.dirty = True
+
+    def zero(self, offset: int, length: int) -> None:
+        try:
+            fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
+        except OSError:
+            empty = bytes(min(length, ZERO_SPAN))
+            end = offset + length
+            while offset < end:
+                self.write(offset, empty[: min(len(empty), end - offset)])
+                offset += len(empty)
+        self.dirty = True
+
+    def sync(self) -> None:
+        if self.dirty:
+            os.fsync(self.fd)
+            self.dirty = False
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def device_size(fd: int) -> int:
+    try:
+        buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
+        return int(struct.unpack("Q", buf)[0])
+    except OSError:
+        return os.fstat(fd).st_size  # a regular file (tests of the wire format)
+
+
+class Session:
+    """One source connection: check each frame, write it, acknowledge what is on disk."""
+
+    def __init__(self, sock: Any, allowed: Dict[str, int]) -> None:
+        self.sock = sock
+        self.allowed = allowed
+        self.volumes: Dict[int, Volume] = {}
+        self.codecs = decoders()
+        self.expected = 0  # the seq of the next frame to accept
+        self.waiting_for: Optional[int] = None  # a NACKed seq: frames are dropped until it
+        self.unacked_bytes = 0
+        self.last_written: Optional[int] = None
+
+    def serve(self) -> None:
+        hello = read_message(self.sock, HELLO)
+        if hello.get("version") != PROTOCOL_VERSION:
+            raise ProtocolError("protocol version %r is not %d" % (hello.get("version"), 1))
+        try:
+            for entry in hello.get("volumes", []):
+                path, size = str(entry["path"]), int(entry["size"])
+                if path not in self.allowed:
+                    raise ProtocolError("%s is not a device of this task" % path)
+                self.volumes[int(entry["index"])] = Volume(path, size)
+        except (OSError, ProtocolError) as exc:
+            self.sock.sendall(pack_message(ERROR, {"error": str(exc)}))
+            raise
+        self.expected = int(hello.get("next_seq", 0))
+        ready = {"codecs": sorted(self.codecs), "version": PROTOCOL_VERSION}
+        self.sock.sendall(pack_message(READY, ready))
+        try:
+            while self.frame():
+                pass
+        finally:
+            for volume in self.volumes.values():
+                volume.close()
+
+    def frame(self) -> bool:
+        header = self.sock.recv(HEADER.size)
+        if not header:
+            return False
+        if len(header) < HEADER.size:
+            header += read_exact(self.sock, HEADER.size - len(header))
+        kind, index, seq, offset, length, codec, size, digest = HEADER.unpack(header)
+        if size > MAX_CHUNK or length > MAX_CHUNK:
+            raise ProtocolError("frame %d is larger than %d bytes" % (seq, MAX_CHUNK))
+        payload = read_exact(self.sock, size) if size else b""
+        if kind == FLUSH:
+            self.acknowledge()
+            return True
+        if kind not in (DATA, ZERO):
+            raise ProtocolError("unknown frame kind %d" % kind)
+        if self.waiting_for is not None and seq != self.waiting_for:
+            return True  # after a NACK: dropped until the source goes back
+        if seq != self.expected:
+            raise ProtocolError("frame %d arrived where %d was due" % (seq, self.expected))
+        volume = self.volumes.get(index)
+        if volume is None or offset + length > volume.size:
+            raise ProtocolError("frame %d is outside the devices of this task" % seq)
+        if kind == ZERO:
+            volume.zero(offset, length)
+        else:
+            data = self.decode(codec, payload, length)
+            if data is None or len(data) != length or crc(data) != digest:
+                self.waiting_for = seq
+                self.sock.sendall(REPLY.pack(NACK, seq))
+                return True
+            volume.write(offset, data)
+        self.waiting_for = None
+        self.expected = seq + 1
+        self.last_written = seq
+        self.unacked_bytes += length if kind == DATA else 0
+        if self.unacked_bytes >= ACK_BYTES or not self.more_waiting():
+            self.acknowledge()
+        return True
+
+    def decode(self, codec: int, payload: bytes, length: int) -> Optional[bytes]:
+        decode = self.codecs.get(codec)
+        if decode is None:
+            raise ProtocolError("codec %d is not available here" % codec)
+        try:
+            return decode(payload, length)
+        except Exception:  # a corrupt payload: NACKed like a digest mismatch
+            return None
+
+    def more_waiting(self) -> bool:
+        if self.sock.pending():
+            return True
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return bool(readable)
+
+    def acknowledge(self) -> None:
+        """Make everything written so far durable, then acknowledge the last frame written."""
+        if self.waiting_for is not None or self.last_written is None:
+            return
+        for volume in self.volumes.values():
+            volume.sync()
+        self.unacked_bytes = 0
+        self.sock.sendall(REPLY.pack(ACK, self.last_written))
+
+
+def server_context(config: Dict[str, Any], workdir: str) -> ssl.SSLContext:
+    """TLS for the data port: the target's data certificate; the source's certificate is
+    required, must chain to the task's CA, and must be the task's own."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.options |= ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
+    cert = os.path.join(workdir, "data.crt")
+    key = os.path.join(workdir, "data.key")
+    for path, text in ((cert, config["data_cert"]), (key, config["data_key"])):
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+    try:
+        context.load_cert_chain(cert, key, password=config.get("passphrase") or None)
+    finally:
+        os.unlink(cert)
+        os.unlink(key)
+    context.load_verify_locations(cadata=config["ca"])
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def peer_is(sock: Any, expected_pem: str) -> bool:
+    der = sock.getpeercert(binary_form=True)
+    return der is not None and der == ssl.PEM_cert_to_DER_cert(expected_pem.strip() + "\n")
+
+
+def watch_lease(stop: Callable[[], None]) -> None:
+    """Stop when stdin ends: the agent's ssh, which started this receiver, went away."""
+    try:
+        while sys.stdin.buffer.read(65536):
+            pass
+    finally:
+        stop()
+
+
+def serve(config: Dict[str, Any], out: Any) -> None:
+    allowed = {str(path): 0 for path in config["devices"]}
+    with tempfile.TemporaryDirectory(prefix="smsagent-receiver-") as workdir:
+        context = server_context(config, workdir)
+    listener = socket.socket(socket.AF_INET6 if ":" in config["bind"] else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((config["bind"], int(config["port"])))
+    listener.listen(4)
+    workdir = str(config.get("workdir") or "")
+
+    def end() -> None:
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        os._exit(0)
+
+    threading.Thread(target=watch_lease, args=(end,), daemon=True).start()
+    out.write("%s %d\n" % (LISTENING, listener.getsockname()[1]))
+    out.flush()
+    while True:
+        raw, peer = listener.accept()
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock = context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log(out, "refused %s: %s" % (peer[0], exc))
+            raw.close()
+            continue
+        try:
+            if not peer_is(sock, config["source_cert"]):
+                log(out, "refused %s: not the task's source certificate" % peer[0])
+                continue
+            Session(sock, allowed).serve()
+        except (OSError, ProtocolError, ValueError, zlib.error) as exc:
+            log(out, "connection from %s ended: %s" % (peer[0], exc))
+        finally:
+            sock.close()
+
+
+def log(out: Any, text: str) -> None:
+    out.write(text + "\n")
+    out.flush()
+
+
+def main() -> None:
+    line = sys.stdin.buffer.readline()
+    config = json.loads(line.decode("utf-8"))
+    modules = config.get("modules")
+    if modules:
+        sys.path.insert(0, modules)
+    serve(config, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

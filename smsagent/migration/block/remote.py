@@ -1,0 +1,175 @@
+"""Starting the block receiver on the target over the task's SSH session.
+
+The receiver's own text (`receiver.py`) travels on ssh's stdin with its configuration, and the
+target's `python3` runs it from memory: nothing is installed on the target. When the target's
+Python can load the agent's `zstandard` build (same interpreter tag and machine), that package
+travels too, into a private temporary directory the receiver removes when it ends; otherwise
+the channel compresses with zlib, which every Python has.
+
+The ssh client stays open for the receiver's life: its stdin is the receiver's lease, so the
+receiver ends when the agent ends the session, stops, or is killed (its leftover ssh clients
+are killed by task tag at the next start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import importlib.util
+import io
+import json
+import platform
+import shlex
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Optional
+
+from smsagent.childproc import kill_group
+from smsagent.migration.block import receiver as wire
+from smsagent.target.session import TargetError, TargetSession
+
+ERROR_RECEIVER: Final = "SMSAGENT.BLOCK_RECEIVER"
+START_TIMEOUT_S: Final = 60.0
+PROBE_TIMEOUT_S: Final = 30.0
+# Reads its configuration, unpacks the modules it was sent, and runs the receiver's text.
+_BOOTSTRAP: Final = """
+import base64, io, json, os, shutil, sys, tarfile, tempfile
+config = json.loads(sys.stdin.buffer.readline())
+workdir = tempfile.mkdtemp(prefix="smsagent-receiver-")
+config["workdir"] = workdir
+if config.get("modules_tgz"):
+    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(config.pop("modules_tgz")))) as tar:
+        tar.extractall(workdir)
+    sys.path.insert(0, workdir)
+namespace = {"__name__": "smsagent_block_receiver"}
+exec(compile(config.pop("source"), "smsagent-block-receiver", "exec"), namespace)
+namespace["serve"](config, sys.stdout)
+"""
+_RECEIVER_TEXT: Final = Path(wire.__file__).read_text(encoding="utf-8")
+_PROBE: Final = "import sys, platform; print(sys.implementation.cache_tag, platform.machine())"
+
+
+@dataclass
+class Receiver:
+    """A running receiver: its ssh process and the port it listens on."""
+
+    process: asyncio.subprocess.Process
+    port: int
+    codecs_sent: bool
+    lines: list[str]
+    collector: Optional[asyncio.Future[None]] = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    async def stop(self) -> None:
+        """End the lease (stdin), then the ssh client; the receiver exits with it."""
+        if self.process.stdin is not None and not self.process.stdin.is_closing():
+            self.process.stdin.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.process.wait(), 5.0)
+        if self.collector is not None:
+            self.collector.cancel()
+        kill_group(self.process)
+        await self.process.wait()
+
+
+async def start_receiver(
+    session: TargetSession,
+    tls_config: dict[str, Any],
+    devices: list[str],
+    *,
+    port: int,
+    bind: str = "0.0.0.0",
+    ship_zstd: bool = True,
+) -> Receiver:
+    """Start the receiver on the target, allowed to write `devices` only.
+
+    Raises:
+        TargetError: ssh failed, or the receiver did not start (the port taken, no python3).
+    """
+    modules = await _zstd_bundle(session) if ship_zstd else None
+    config: dict[str, Any] = {
+        **tls_config,
+        "devices": devices,
+        "port": port,
+        "bind": bind,
+        "source": _RECEIVER_TEXT,
+    }
+    if modules is not None:
+        config["modules_tgz"] = modules
+    remote = shlex.join(["python3", "-c", _BOOTSTRAP])
+    argv = [*session.ssh_argv(), "--", session.host, remote]
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=session.child_env(),
+        start_new_session=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(json.dumps(config).encode("utf-8") + b"\n")
+    lines: list[str] = []
+    try:
+        await process.stdin.drain()
+        listening = await asyncio.wait_for(_listening(process.stdout, lines), START_TIMEOUT_S)
+    except (OSError, asyncio.TimeoutError) as exc:
+        kill_group(process)
+        await process.wait()
+        detail = lines[-1] if lines else str(exc) or "no answer"
+        raise TargetError(ERROR_RECEIVER, f"the block receiver did not start: {detail}") from exc
+    if listening is None:
+        await process.wait()
+        detail = lines[-1] if lines else f"exit {process.returncode}"
+        raise TargetError(ERROR_RECEIVER, f"the block receiver did not start: {detail}")
+    receiver = Receiver(process, listening, modules is not None, lines)
+    receiver.collector = asyncio.ensure_future(_collect(process.stdout, lines))
+    return receiver
+
+
+async def _listening(stdout: asyncio.StreamReader, lines: list[str]) -> Optional[int]:
+    while True:
+        raw = await stdout.readline()
+        if not raw:
+            return None
+        line = raw.decode("utf-8", "replace").rstrip()
+        if line.startswith(wire.LISTENING):
+            return int(line.split()[-1])
+        lines.append(line[-500:])
+
+
+async def _collect(stdout: asyncio.StreamReader, lines: list[str]) -> None:
+    """Keep the receiver's last lines (refused peers, ended connections) for errors and logs."""
+    while True:
+        raw = await stdout.readline()
+        if not raw:
+            return
+        lines.append(raw.decode("utf-8", "replace").rstrip()[-500:])
+        del lines[:-50]
+
+
+async def _zstd_bundle(session: TargetSession) -> Optional[str]:
+    """The agent's `zstandard` package as base64 tar.gz, when the target's Python can load it."""
+    spec = importlib.util.find_spec("zstandard")
+    if spec is None or spec.origin is None:
+        return None
+    probe = await session.run(("python3", "-c", _PROBE), PROBE_TIMEOUT_S)
+    wanted = f"{sys.implementation.cache_tag} {platform.machine()}"
+    if not probe.ok or probe.stdout.decode("utf-8", "replace").strip() != wanted:
+        return None
+    return await asyncio.to_thread(_pack, Path(spec.origin).parent)
+
+
+def _pack(package: Path) -> str:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
+        for path in sorted(package.iterdir()):
+            # The C backend is what the receiver loads; the cffi one and stubs are not needed.
+            if path.name == "__init__.py" or path.name.startswith("backend_c."):
+                tar.add(path, arcname=f"zstandard/{path.name}")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -8,10 +8,15 @@ creates a migration task whose target layout mirrors the source and presses Star
 out and formats the target disk, copies each file system into its twin, verifies, and configures
 the copy for its new machine. The target disk is then booted in qemu (TCG) and its console shown.
 A file changed on the source comes over in a sync pass. Everything it made is removed at the end.
+
+Every size shown is one figure in one unit (MiB): the used bytes of the file systems copied, as
+`df` counts them, which is the progress reports' `totalsize`; the summary sets beside it what the
+target's file systems hold, and for the sync pass what was compared and what was sent.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +35,9 @@ from tests.support.targetdisks import target_disks
 from tests.support.wholeserver import target_server
 
 MiB = 1024 * 1024
+# What may differ between the source's and the target's file systems: the configuration of the
+# copy (a new initramfs with VirtIO drivers, GRUB, backups) and file-system metadata.
+TARGET_SLACK_BYTES = 64 * MiB
 TASK_TIMEOUT_S = 600.0
 REGISTER_TIMEOUT_S = 30.0
 
@@ -44,6 +52,18 @@ def _change(source: sourcesys.SourceSystem) -> Path:
     changed.parent.mkdir(parents=True, exist_ok=True)
     changed.write_text(f"written on the source at {time.strftime('%H:%M:%S')}\n")
     return changed
+
+
+def used_bytes(path: Path) -> int:
+    """A mounted file system's used bytes, as `df` counts them."""
+    usage = os.statvfs(path)
+    return (usage.f_blocks - usage.f_bfree) * usage.f_frsize
+
+
+def source_used_bytes(source: sourcesys.SourceSystem) -> int:
+    """The used bytes of the source's file systems: what the agent copies."""
+    mounted = [v.mount_point for v in source.volumes if (v.mount_point or "").startswith("/")]
+    return sum(used_bytes(source.root / m.lstrip("/")) for m in mounted if m)
 
 
 def wait_until(
@@ -85,6 +105,7 @@ class ProgressLine:
             if stage.startswith(("MIGRATE", "SYNC")):
                 done = report.get("replicatesize", 0) / MiB
                 size = f"  {done:7.1f} of {report.get('totalsize', 0) / MiB:.1f} MiB"
+                size += f"  {report.get('migrate_speed') or 0:.1f} Mbit/s sent"
             say(f"  {stage:<24} {percent:>3} %{size}")
 
     def done(self) -> None:
@@ -119,6 +140,21 @@ def _mounted_read_only(device: str, where: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(where)], check=True)
 
 
+def _target_used_bytes(source: sourcesys.SourceSystem, device: str, where: Path) -> int:
+    """What the target's file systems (twins of the source's) hold, mounted read-only."""
+    total = 0
+    for volume in source.volumes:
+        if (volume.mount_point or "").startswith("/") and volume.number is not None:
+            with _mounted_read_only(f"{device}p{volume.number}", where / str(volume.number)) as m:
+                total += used_bytes(m)
+    return total
+
+
+def _totalsize(emulator: EmulatorProcess, task_id: str, stage: str) -> int:
+    reports = [r for r in emulator.progress(task_id) if r.get("subtask_name") == stage]
+    return int(reports[-1].get("totalsize", 0)) if reports else -1
+
+
 def _show_console(result: qemuboot.BootResult) -> None:
     """The boot as a user would glance at it: the kernel, systemd's last words, the login."""
     wanted = ("Linux version", "[  OK  ] Reached target multi-user", "login:", "BOOTCHECK")
@@ -145,6 +181,8 @@ def demo(work: Path) -> int:
                 f"            {volume.mount_point or '-':<10} {volume.fstype or '-':<6}"
                 f" {volume.size_bytes / MiB:6.0f} MiB  UUID {volume.uuid}"
             )
+        source_bytes = source_used_bytes(source)
+        say(f"source:   {source_bytes / MiB:.1f} MiB used in its file systems (df): what is copied")
         disks = stack.enter_context(target_disks(work))
         size_mib = source.disk_size_bytes // MiB + 512
         device = disks.add(size_mib)
@@ -176,7 +214,8 @@ def demo(work: Path) -> int:
         emulator.set_cert_key(task_id, private_key=target.client_private_key_pem)
         say(f"console:  created task {task_id}: MIGRATE_FILE to {target.ip}, target disk {device}")
         full, full_s = run_pass(emulator, task_id, "full migration")
-        say(f"agent:    START {full['result']} after {full_s:.1f} s")
+        full_message = (full.get("result_detail") or {}).get("message", "")
+        say(f"agent:    START {full['result']} after {full_s:.1f} s: {full_message}")
         ok_full = full["result"] == "success"
         say("qemu:     booting the target disk (TCG, no KVM; BIOS)")
         boot = qemuboot.boot([device], source.firmware, log_path=work / "boot.console")
@@ -194,12 +233,19 @@ def demo(work: Path) -> int:
         say(f"source:   changed {changed.relative_to(source.root)}")
         sync, sync_s = run_pass(emulator, task_id, "sync pass")
         say(f"agent:    START (sync) {sync['result']} after {sync_s:.1f} s")
+        sync_detail = sync.get("result_detail") or {}
         root_device = f"{device}p{source.volume('/').number}"
         with _mounted_read_only(root_device, work / "check") as copy:
             on_target = copy / changed.relative_to(source.root)
             ok_sync = sync["result"] == "success" and (
                 on_target.exists() and on_target.read_bytes() == changed.read_bytes()
             )
+        target_bytes = _target_used_bytes(source, device, work / "sizes")
+        total_bytes = _totalsize(emulator, task_id, "MIGRATE_LINUX_FILE")
+        ok_sizes = (
+            abs(total_bytes - source_bytes) <= MiB
+            and abs(target_bytes - source_bytes) <= TARGET_SLACK_BYTES
+        )
         states = [c["copystate"] for c in emulator.state()["changestates"]]
         say("")
         say("summary")
@@ -207,8 +253,19 @@ def demo(work: Path) -> int:
         say(f"  full migration  in {full_s:6.1f} s  {verdict[ok_full]}")
         say(f"  target boot     in {boot.duration_s:6.1f} s  {verdict[ok_boot]}")
         say(f"  sync pass       in {sync_s:6.1f} s  {verdict[ok_sync]} (the changed file came)")
+        say(
+            f"  sizes           source {source_bytes / MiB:.1f} MiB used, progress totalsize "
+            f"{total_bytes / MiB:.1f} MiB, target holds {target_bytes / MiB:.1f} MiB"
+            f"  {verdict[ok_sizes]}"
+        )
+        say(
+            f"  sync figures    compared {sync_detail.get('bytes_total', 0) / MiB:.1f} MiB "
+            f"({sync_detail.get('files_total', 0)} files), sent "
+            f"{sync_detail.get('bytes_sent', 0) / MiB:.1f} MiB "
+            f"({sync_detail.get('files_transferred', 0)} files transferred)"
+        )
         say(f"  source states reported: {' -> '.join(states)}")
-        if not (ok_full and ok_boot and ok_sync):
+        if not (ok_full and ok_boot and ok_sync and ok_sizes):
             shutil.copy(agent.log_path, Path.cwd() / "demo-agent.log")
             shutil.copy(work / "boot.console", Path.cwd() / "demo-boot.console")
             say("  agent log kept in demo-agent.log, the target's console in demo-boot.console")

@@ -143,10 +143,17 @@ class ProgressReporter(Protocol):
     """Reports a stage's progress to SMS (`PUT /v3/tasks/{id}/progress`), throttled."""
 
     async def report(
-        self, stage: SubtaskName, bytes_done: int, bytes_total: int, *, force: bool = False
+        self,
+        stage: SubtaskName,
+        bytes_done: int,
+        bytes_total: int,
+        *,
+        force: bool = False,
+        bytes_sent: Optional[int] = None,
     ) -> None:
         """Progress of `stage`; sent at once with `force` (stage start and end), else at most
-        every `progress_interval`, latest wins."""
+        every `progress_interval`, latest wins. `bytes_sent` is what the stage has sent so far
+        (the rate comes from it alone); None for a stage that sends no data."""
 
 
 class TaskLedger(Protocol):

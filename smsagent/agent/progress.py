@@ -4,6 +4,12 @@ A handler calls `report()` as often as it likes; it never waits for the network.
 task sends the newest figures when `progress_interval` has passed since the last report, or
 at once for a forced report (stage start and end). A slow server therefore delays reports but
 never builds a backlog, and a failed report is simply superseded by the next one.
+
+Two figures, never mixed: `bytes_done` of `bytes_total` is how far the stage is (`replicatesize`
+of `totalsize`, in the unit of `totalsize`: the used bytes of the file systems copied), and
+`bytes_sent` is what the movers actually sent. The rate (`migrate_speed`, the remaining time) comes
+from `bytes_sent` alone, so a sync pass that compares a whole server but sends a few files shows
+the rate of those few files, never the comparison's pace.
 """
 
 from __future__ import annotations
@@ -22,12 +28,12 @@ from smsagent.api.enums import SubtaskName
 from smsagent.api.errors import SmsError
 from smsagent.api.models import UpdateTaskSpeedReq
 from smsagent.inventory.usage import UsageSampler
+from smsagent.units import BITS_PER_MBIT, mbit_s, mib
 from smsagent.waits import wait_any
 
 log = structlog.get_logger(__name__)
 
 RATE_WINDOW_S: Final = 5.0  # the console's rate is the data moved in the last 5 s
-BITS_PER_MBIT: Final = 1_000_000
 
 
 class ProgressClient(Protocol):
@@ -42,6 +48,7 @@ class Figures:
     bytes_done: int
     bytes_total: int
     at_s: float
+    bytes_sent: Optional[int] = None
 
 
 def percent(bytes_done: int, bytes_total: int) -> int:
@@ -74,12 +81,12 @@ class RateMeter:
 
 
 def process_trace(figures: Figures, rate_bytes_s: float) -> str:
-    """The free-text detail shown with the progress."""
-    gib = 1024**3
-    return (
-        f"{figures.stage.value}: {figures.bytes_done / gib:.2f} of "
-        f"{figures.bytes_total / gib:.2f} GiB, {rate_bytes_s * 8 / BITS_PER_MBIT:.1f} Mbit/s"
-    )
+    """The free-text detail shown with the progress: how far, and (when data moves) what was
+    sent and at which rate."""
+    text = f"{figures.stage.value}: {mib(figures.bytes_done)} of {mib(figures.bytes_total)}"
+    if figures.bytes_sent is None:
+        return text
+    return f"{text}, sent {mib(figures.bytes_sent)}, {mbit_s(rate_bytes_s)}"
 
 
 class TaskProgress:
@@ -116,11 +123,24 @@ class TaskProgress:
         self._sender: Optional[asyncio.Task[None]] = None
 
     async def report(
-        self, stage: SubtaskName, bytes_done: int, bytes_total: int, *, force: bool = False
+        self,
+        stage: SubtaskName,
+        bytes_done: int,
+        bytes_total: int,
+        *,
+        force: bool = False,
+        bytes_sent: Optional[int] = None,
     ) -> None:
-        """Record the newest figures; they are sent by the sender task."""
-        figures = Figures(stage, bytes_done, bytes_total, self._monotonic())
-        self._rate.add(figures.at_s, bytes_done)
+        """Record the newest figures; they are sent by the sender task.
+
+        `bytes_sent` counts what the stage has sent so far (None: the stage sends no data, and
+        no rate is shown).
+        """
+        figures = Figures(stage, bytes_done, bytes_total, self._monotonic(), bytes_sent)
+        if self._latest is not None and self._latest.stage != stage:
+            self._rate = RateMeter()
+        if bytes_sent is not None:
+            self._rate.add(figures.at_s, bytes_sent)
         self._latest = figures
         if force:
             self._forced.set()
@@ -162,7 +182,7 @@ class TaskProgress:
             self._last_sent = figures
 
     def _body(self, figures: Figures) -> UpdateTaskSpeedReq:
-        rate_bytes_s = max(self._rate.bytes_per_s(), 0.0)
+        rate_bytes_s = max(self._rate.bytes_per_s(), 0.0) if figures.bytes_sent is not None else 0.0
         remaining = max(figures.bytes_total - figures.bytes_done, 0)
         usage = self._usage.sample()
         return UpdateTaskSpeedReq(

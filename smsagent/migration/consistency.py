@@ -4,7 +4,9 @@ For each directory to verify, rsync runs as a dry run over the same SSH with the
 as the copy, itemizing every file (`-n -ii --delete`): quick mode lets rsync compare size and
 modification time, hash mode adds `--checksum` (every file is read on both sides). Each itemized
 line is one finding; directories are not counted. The counts per directory are what
-`POST /v3/tasks/{id}/consistency-result` takes (spec §3.18).
+`POST /v3/tasks/{id}/consistency-result` takes (spec §3.18). The verification's own summary counts
+the files compared and their bytes (rsync's `Total file size` of the dry runs: the files' data as
+their sizes say, which is what quick mode compares and hash mode reads).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from smsagent.migration.rsync_exit import guarded_rsync_path
 from smsagent.migration.settings import ConsistencyMode
 from smsagent.migration.streams import work_units
 from smsagent.target.session import TargetSession
+from smsagent.units import mib
 
 log = structlog.get_logger(__name__)
 
@@ -197,10 +200,45 @@ def _job(plan: VerifyPlan, directory: str) -> Optional[RsyncJob]:
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """How a verification ended: the results of the directories verified, or stopped early."""
+    """How a verification ended: the results of the directories verified, or stopped early.
+
+    Attributes:
+        results: one per directory verified.
+        stopped: stopped early (SKIP, STOP).
+        bytes_compared: the size of the files compared (rsync's `Total file size`).
+    """
 
     results: tuple[ConsistencyResult, ...]
     stopped: bool = False
+    bytes_compared: int = 0
+
+    @property
+    def files_compared(self) -> int:
+        """Files (not directories) found on the source and compared with the target."""
+        return sum(r.num_total_files or 0 for r in self.results)
+
+    @property
+    def files_differing(self) -> int:
+        """Files that differ, are missing on the target or are extra there."""
+        return sum(
+            (r.num_different_files or 0)
+            + (r.num_target_miss_files or 0)
+            + (r.num_target_more_files or 0)
+            for r in self.results
+        )
+
+    def describe(self) -> str:
+        """One line for people: what was compared and how it came out."""
+        verdict = "consistent" if self.consistent else f"{self.files_differing} files differ"
+        return f"{self.files_compared} files, {mib(self.bytes_compared)} compared, {verdict}"
+
+    def detail(self) -> dict[str, int]:
+        """The figures for a command result's detail."""
+        return {
+            "verify_files_compared": self.files_compared,
+            "verify_bytes_compared": self.bytes_compared,
+            "verify_files_differing": self.files_differing,
+        }
 
     @property
     def consistent(self) -> bool:
@@ -249,6 +287,7 @@ async def verify(
         RsyncError: the comparison could not be made (SMS code inside).
     """
     results: list[ConsistencyResult] = []
+    compared = 0
     for directory in plan.directories:
         job = _job(plan, directory)
         if job is None:
@@ -257,16 +296,20 @@ async def verify(
             continue
         tally, result = await _verify_one(job, target, policy=policy, stop=stop, grace_s=grace_s)
         if result.cancelled:
-            return VerifyReport(tuple(results), stopped=True)
+            return VerifyReport(tuple(results), stopped=True, bytes_compared=compared)
         results.append(tally.result(directory))
+        directory_bytes = (result.stats.total_file_bytes or 0) if result.stats else 0
+        compared += directory_bytes
         log.info(
             "consistency_checked",
             directory=directory,
             consistent=tally.consistent,
+            files_compared=results[-1].num_total_files,
+            bytes_compared=directory_bytes,
             **{f.value: n for f, n in tally.counts.items()},
             examples={f.value: names for f, names in tally.examples.items()},
         )
-    return VerifyReport(tuple(results))
+    return VerifyReport(tuple(results), bytes_compared=compared)
 
 
 _ZERO_COUNTS: Final = {

@@ -296,17 +296,21 @@ class _Migration:
     async def _replicate(self, prepared: _Prepared, disks: Optional[DiskStages]) -> HandlerOutcome:
         """The full copy, its verification and the target's configuration, each unless done."""
         detail: dict[str, JsonValue] = {"stage": STAGES[PassKind.migrate].value}
+        copied = ""
         if not self._done(STAGES[PassKind.migrate].value):
             summary = await self._copy(prepared, PassKind.migrate)
             detail.update(summary.detail())
+            copied = f" ({summary.describe()})"
         report = await self._verify(prepared)
         verification = "off" if report is None else "skipped" if report.stopped else "done"
         detail["verification"] = verification
         if report is not None and not report.stopped:
             detail["consistent"] = report.consistent
+            detail.update(report.detail())
+            verification += f": {report.describe()}"
         if disks is not None and not self._done(CONFIGURE_STAGE.value):
             await disks.configure(fresh=False)
-        message = f"the full copy is on the target; verification {verification}"
+        message = f"the full copy is on the target{copied}; verification {verification}"
         return HandlerOutcome.success(message, next_state=State.replicated, detail=detail)
 
     async def _sync(self, prepared: _Prepared, disks: Optional[DiskStages]) -> HandlerOutcome:
@@ -323,11 +327,11 @@ class _Migration:
             copied = False
             if not self._task.syncing:
                 detail: dict[str, JsonValue] = {"stage": STAGES[PassKind.sync].value}
+                message = "the sync pass is done"
                 if summary is not None:
                     detail.update(summary.detail())
-                return HandlerOutcome.success(
-                    "the sync pass is done", next_state=State.replicated, detail=detail
-                )
+                    message += f": {summary.describe()}"
+                return HandlerOutcome.success(message, next_state=State.replicated, detail=detail)
             if disks is not None:
                 await disks.release()
             await _pause(self._ctx, self._ctx.settings.sync_interval)
@@ -377,17 +381,21 @@ class _Migration:
             build_pass, prepared.source, prepared.settings, kind, self._destination, extra_rules
         )
         total = spec.total_bytes
-        await self._ctx.progress.report(stage, min(start_bytes, total), total, force=True)
+        await self._ctx.progress.report(
+            stage, min(start_bytes, total), total, force=True, bytes_sent=0
+        )
         runner = PassRunner(
             self._ctx, spec, prepared.target, prepared.limits, self._pass_options, start_bytes
         )
         summary = await runner.run()
         await self._finish(stage.value, total)
-        await self._ctx.progress.report(stage, total, total, force=True)
+        await self._ctx.progress.report(
+            stage, total, total, force=True, bytes_sent=summary.bytes_sent
+        )
         self._ctx.log.info(
             "pass_done",
             stage=stage.value,
-            duration_s=round(summary.duration_s, 3),
+            summary=summary.describe(),
             **summary.detail(),
         )
         return summary

@@ -1,10 +1,14 @@
 """One copy pass of the file-level migration: the rsync streams of a `PassSpec` (`plan.py`) run
 in parallel, with progress and the speed limit in force.
 
-Progress of a full copy is the bytes rsync reports sent, added up over the streams and over
-restarts, never falling and held below 100 % until the pass has ended; a sync pass sends little,
-so its progress is the share of files rsync has checked. A change of the speed limit restarts the
-streams with the new `--bwlimit` (rsync reuses its partial files).
+Two figures are kept apart. How far the pass is (`replicatesize` of `totalsize`, in the unit of
+`totalsize`, the used bytes of the file systems copied): for a full copy the file data rsync has
+transferred, added up over the streams and over restarts, never falling and held below 100 % until
+the pass has ended; a sync pass sends little, so its progress is the share of files rsync has
+compared. What was sent (the rate comes from it alone): while rsync runs, the file data it reports
+transferred; at the end of each run, its own count of the bytes it sent (`Total bytes sent`: file
+list, checksums and data, what the link carried). A change of the speed limit restarts the streams
+with the new `--bwlimit` (rsync reuses its partial files).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from smsagent.migration.rsync import (
 )
 from smsagent.migration.speedlimit import SpeedLimitWatch
 from smsagent.target.session import TargetSession
+from smsagent.units import mbit_s, mib
 
 # Until a pass has ended its progress stays below this share: rsync's own 100 % is no proof.
 SHOWN_CEILING: Final = 0.99
@@ -62,6 +67,16 @@ class PassProgress:
     def bytes_done(self) -> int:
         """The bytes to report as replicated."""
         return self._shown
+
+    @property
+    def bytes_sent(self) -> int:
+        """The file data rsync has reported transferred in this pass, over restarts."""
+        return sum(self._carried) + sum(self._current)
+
+    @property
+    def carried_bytes(self) -> int:
+        """What the runs cut short (restarts, retries) had transferred."""
+        return sum(self._carried)
 
     def update(self, stream: int, progress: Progress) -> None:
         """Take a progress record of stream `stream`."""
@@ -111,15 +126,43 @@ class PassSummary:
         restarts: streams restarted for a new speed limit.
         retries: rsync runs repeated after a network failure.
         duration_s: wall time of the pass.
+        kind: a full copy or a sync pass.
+        bytes_total: `totalsize`: what there was to copy (a full copy) or to compare (a sync).
+        carried_bytes: what runs cut short (restarts, retries) had transferred.
     """
 
     results: tuple[RsyncResult, ...]
     restarts: int
     retries: int
     duration_s: float
+    kind: PassKind = PassKind.migrate
+    bytes_total: int = 0
+    carried_bytes: int = 0
 
     def _stat(self, name: str) -> int:
         return sum(getattr(r.stats, name) or 0 for r in self.results if r.stats is not None)
+
+    @property
+    def bytes_sent(self) -> int:
+        """What the pass sent: rsync's `Total bytes sent` of each stream's last run, plus the
+        file data of the runs cut short (rsync prints no statistics when it is stopped)."""
+        sent = self.carried_bytes
+        for result in self.results:
+            if result.stats is not None and result.stats.bytes_sent is not None:
+                sent += result.stats.bytes_sent
+            elif result.last_progress is not None:
+                sent += result.last_progress.bytes_done
+        return sent
+
+    @property
+    def rate_bytes_s(self) -> float:
+        """Bytes sent over the time the pass took."""
+        return self.bytes_sent / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def files_total(self) -> int:
+        """Entries rsync considered (files, directories, links), as its `Number of files`."""
+        return self._stat("files_total")
 
     @property
     def files_transferred(self) -> int:
@@ -136,9 +179,22 @@ class PassSummary:
         """Whether files disappeared while they were being copied (rsync exit 24)."""
         return any(r.outcome.exit_class is ExitClass.partial_warning for r in self.results)
 
-    def detail(self) -> dict[str, int | bool]:
-        """The summary for a command result's detail."""
+    def describe(self) -> str:
+        """One line for people: what there was, what was sent, at which rate."""
+        did = "copied" if self.kind is PassKind.migrate else "compared"
+        return (
+            f"{did} {mib(self.bytes_total)} ({self.files_total} files), "
+            f"sent {mib(self.bytes_sent)} ({self.files_transferred} files transferred) "
+            f"in {self.duration_s:.1f} s at {mbit_s(self.rate_bytes_s)}"
+        )
+
+    def detail(self) -> dict[str, int | float | bool]:
+        """The summary for a command result's detail (sizes in bytes: `bytes_total` is the
+        pass's `totalsize`, `bytes_sent` what rsync sent)."""
         return {
+            "bytes_total": self.bytes_total,
+            "files_total": self.files_total,
+            "bytes_sent": self.bytes_sent,
             "files_transferred": self.files_transferred,
             "literal_bytes": self.literal_bytes,
             "files_deleted": self._stat("files_deleted"),
@@ -146,6 +202,7 @@ class PassSummary:
             "stream_restarts": self.restarts,
             "retries": self.retries,
             "streams": len(self.results),
+            "duration_s": round(self.duration_s, 3),
         }
 
 
@@ -221,7 +278,15 @@ class PassRunner:
             self._take_pending()
             await self._save(force=True)
         duration_s = time.monotonic() - started_at
-        return PassSummary(tuple(results), self._restarts, self._retries, duration_s)
+        return PassSummary(
+            tuple(results),
+            self._restarts,
+            self._retries,
+            duration_s,
+            kind=self._spec.kind,
+            bytes_total=self._spec.total_bytes,
+            carried_bytes=self.progress.carried_bytes,
+        )
 
     async def _streams_done(
         self,
@@ -303,8 +368,12 @@ class PassRunner:
             await self._moved.wait()
             self._moved.clear()
             self._take_pending()
-            bytes_done = self.progress.bytes_done
-            await self._ctx.progress.report(self._spec.stage, bytes_done, self._spec.total_bytes)
+            await self._ctx.progress.report(
+                self._spec.stage,
+                self.progress.bytes_done,
+                self._spec.total_bytes,
+                bytes_sent=self.progress.bytes_sent,
+            )
             await self._save(force=False)
             await asyncio.sleep(self._options.report_interval_s)
 

@@ -9,6 +9,13 @@ counts them (statvfs), like SMS itself; when the source root is a directory insi
 rather than its mount point, the bytes allocated below it (as `du -sx`). Excluded paths stay in the
 total (spec §7.5 says so for the defaults; a walk to subtract the others would cost a second scan
 of the whole server).
+
+This is the one size the agent shows: `totalsize` of the full copy and of every sync pass (what a
+sync compares), `bytes_total` in a pass's result, the MiB in the progress trace. It is space used,
+not the files' apparent sizes: a sparse file counts its data blocks, a file with several names
+counts once, and a copy holds about as much on the target. What rsync sends is a second figure
+(`bytes_sent`, see `pipeline.py`), larger than the used space when files are sparse (rsync reads
+holes as zeros) and far smaller on a sync pass that finds little changed.
 """
 
 from __future__ import annotations

@@ -69,7 +69,13 @@ class ProgressLog:
         self._waiters: list[tuple[int, asyncio.Event]] = []
 
     async def report(
-        self, stage: SubtaskName, bytes_done: int, bytes_total: int, *, force: bool = False
+        self,
+        stage: SubtaskName,
+        bytes_done: int,
+        bytes_total: int,
+        *,
+        force: bool = False,
+        bytes_sent: Optional[int] = None,
     ) -> None:
         self.reports.append(Report(stage, bytes_done, bytes_total, force))
         for threshold, event in self._waiters:

@@ -49,6 +49,7 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
             "smsagent.sdnotify",
             "smsagent.errors",
             "smsagent.waits",
+            "smsagent.units",
             "smsagent.childproc",
             "smsagent",
         ),

@@ -97,3 +97,35 @@ async def test_close_right_after_a_forced_report_returns():
     closing.cancel()
     assert done, "close() did not return"
     assert client.bodies[-1].progress == 100
+
+
+async def test_the_rate_comes_from_the_bytes_sent_not_from_how_far_the_stage_is():
+    """A sync pass that compared everything in a second but sent 1 MB shows 8 Mbit/s, not the
+    comparison's pace; the trace names both figures in MiB."""
+    clock = [0.0]
+    client = RecordingClient()
+    progress = TaskProgress(client, "t1", interval_s=1.0, monotonic=lambda: clock[0])
+    total = 60 * 1024 * 1024
+    await progress.report(SubtaskName.SYNC_LINUX_FILE, 0, total, force=True, bytes_sent=0)
+    clock[0] = 1.0
+    await progress.report(
+        SubtaskName.SYNC_LINUX_FILE, total, total, force=True, bytes_sent=1_000_000
+    )
+    await progress.close()
+    last = client.bodies[-1]
+    assert last.migrate_speed == pytest.approx(8.0)
+    assert last.process_trace == "SYNC_LINUX_FILE: 60.0 MiB of 60.0 MiB, sent 1.0 MiB, 8.0 Mbit/s"
+
+
+async def test_a_stage_that_sends_nothing_shows_no_rate():
+    """Without `bytes_sent` (formatting, configuring) no rate and no remaining time are made up."""
+    clock = [0.0]
+    client = RecordingClient()
+    progress = TaskProgress(client, "t1", interval_s=1.0, monotonic=lambda: clock[0])
+    await progress.report(SubtaskName.CONFIGURE_LINUX_FILE, 0, 1, force=True)
+    await asyncio.wait_for(client.sent.wait(), 5)
+    clock[0] = 0.1
+    await progress.report(SubtaskName.CONFIGURE_LINUX_FILE, 1, 1, force=True)
+    await progress.close()
+    assert [b.migrate_speed for b in client.bodies] == [0.0, 0.0]
+    assert client.bodies[-1].remain_time is None

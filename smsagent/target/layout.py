@@ -184,10 +184,14 @@ class VolumeGroup:
 
 @dataclass(frozen=True)
 class Volume:
-    """A file system or swap the target will hold, on a partition or a logical volume."""
+    """A file system or swap the target will hold, on a partition or a logical volume.
+
+    `source_name` is the source's name for it: its partition (`/dev/sda2`) or `vg/lv`.
+    """
 
     device: str
     fs: FileSystemSpec
+    source_name: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -204,9 +208,14 @@ class TargetLayout:
 
     def volumes(self) -> list[Volume]:
         """Every file system and swap, partitions first, then logical volumes."""
-        found = [Volume(p.path, p.fs) for d in self.disks for p in d.volumes if p.fs is not None]
+        found = [
+            Volume(p.path, p.fs, p.source_name)
+            for d in self.disks
+            for p in d.volumes
+            if p.fs is not None
+        ]
         found += [
-            Volume(lv.path, lv.fs)
+            Volume(lv.path, lv.fs, f"{vg.name}/{lv.name}")
             for vg in self.volume_groups
             for lv in vg.logical_volumes
             if lv.fs is not None

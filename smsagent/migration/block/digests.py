@@ -14,10 +14,12 @@ is saved.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Final, Optional
 
 import xxhash
 
@@ -53,15 +55,45 @@ class DigestTable:
         finally:
             os.close(descriptor)
         self._view = memoryview(self._map).cast("Q")
+        self._deferred: Optional[dict[int, int]] = None
 
     def get(self, block: int) -> int:
+        if self._deferred is not None and block in self._deferred:
+            return self._deferred[block]
         return int(self._view[block])
 
     def set(self, block: int, value: int) -> None:
-        self._view[block] = value
+        if self._deferred is not None:
+            self._deferred[block] = value
+        else:
+            self._view[block] = value
 
     def clear(self, first: int, count: int) -> None:
-        self._view[first : first + count] = memoryview(bytes(count * ENTRY)).cast("Q")
+        if self._deferred is not None:
+            self._deferred.update(dict.fromkeys(range(first, first + count), UNKNOWN))
+        else:
+            self._view[first : first + count] = memoryview(bytes(count * ENTRY)).cast("Q")
+
+    def clear_outside(self, runs: Iterable[tuple[int, int]]) -> None:
+        """Forget every sub-block outside `runs` (first, count), sorted: what the file system no
+        longer uses may be written on the target by anyone, and is sent again once used."""
+        position = 0
+        for first, count in [*runs, (self.blocks, 0)]:
+            if first > position:
+                self.clear(position, min(first, self.blocks) - position)
+            position = max(position, first + count)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold every write in memory until the block ends, then apply them: while the source's
+        file systems are frozen, the table's file (on one of them, perhaps) must not be written."""
+        self._deferred = {}
+        try:
+            yield
+        finally:
+            pending, self._deferred = self._deferred, None
+            for block, value in pending.items():
+                self._view[block] = value
 
     def known(self) -> int:
         """How many sub-blocks have a digest (for logs and tests)."""

@@ -14,12 +14,14 @@ import contextlib
 import importlib.util
 import json
 import ssl
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Final, Optional
 
 from smsagent.migration.block import receiver as wire
+from smsagent.migration.block.digests import UNKNOWN
 from smsagent.migration.block.remote import Receiver, start_receiver
 from smsagent.migration.block.sender import BlockSender, PassCounters, PassVolume, Tamper
 from smsagent.migration.block.tls import TlsMaterial, client_context, is_target
@@ -129,6 +131,7 @@ class BlockChannel:
         self._receiver: Optional[Receiver] = None
         self._context: Optional[ssl.SSLContext] = None
         self.receiver_lines: list[str] = []  # the last receiver's output, kept after close
+        self._target_has_digests = False
 
     async def close(self) -> None:
         if self._receiver is not None:
@@ -180,6 +183,64 @@ class BlockChannel:
             report.add(counters)
             return report
 
+    async def reconcile(self, volume: PassVolume) -> Optional[int]:
+        """Forget the table entries the target no longer holds, after the target's own tools
+        wrote to `volume` (growing its file system, configuring the copy).
+
+        The target digests the sub-blocks the source's file system uses (it reads its own disk,
+        not the network); where it cannot (no `xxhash` there), the whole table is forgotten and
+        the next pass sends every used block. Returns how many entries were forgotten, or None
+        for the whole table.
+        """
+        runs = list(volume.used.runs())
+        digests = await self._target_digests(volume, runs)
+        table = volume.table
+        if digests is None:
+            table.reset()
+            return None
+        forgotten = 0
+        values = iter(digests)
+        for first, count in runs:
+            for block in range(first, first + count):
+                if table.get(block) != next(values):
+                    table.set(block, UNKNOWN)
+                    forgotten += 1
+        table.flush()
+        return forgotten
+
+    async def _target_digests(
+        self, volume: PassVolume, runs: Sequence[tuple[int, int]]
+    ) -> Optional[list[int]]:
+        attempts = 0
+        while True:
+            self._checkpoint()
+            try:
+                reader, writer, _ = await self._connect([volume])
+            except _Dropped as dropped:
+                attempts += 1
+                if attempts > self._options.retries:
+                    raise ChannelError(ERROR_CHANNEL, str(dropped.cause)) from dropped.cause
+                await asyncio.sleep(self._options.retry_delay_s)
+                continue
+            try:
+                if not self._target_has_digests:
+                    return None
+                request = json.dumps({"runs": runs, "limit": volume.used.size}).encode()
+                writer.write(wire.HEADER.pack(wire.HASH, volume.index, 0, 0, 0, 0, len(request), 0))
+                writer.write(request)
+                await writer.drain()
+                kind, size = wire.MESSAGE.unpack(await reader.readexactly(wire.MESSAGE.size))
+                body = await reader.readexactly(size)
+                if kind != wire.DIGESTS or size != 8 * sum(count for _, count in runs):
+                    raise ChannelError(ERROR_CHANNEL, "the receiver answered no digests")
+                return list(struct.unpack(f"<{size // 8}Q", body))
+            except (OSError, EOFError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+                attempts += 1
+                if attempts > self._options.retries:
+                    raise ChannelError(ERROR_CHANNEL, str(exc)) from exc
+            finally:
+                writer.close()
+
     async def _one_connection(
         self,
         volumes: Sequence[PassVolume],
@@ -223,7 +284,6 @@ class BlockChannel:
                 self._material.receiver_config(),
                 self._devices,
                 port=self._options.port,
-                ship_zstd=self._options.threads > 0,
             )
             self.receiver_lines = self._receiver.lines
             self._log.info("block_receiver_started", port=self._receiver.port)
@@ -273,6 +333,7 @@ class BlockChannel:
         except (OSError, EOFError, asyncio.TimeoutError) as exc:
             writer.close()
             raise _Dropped(exc, PassCounters()) from exc
+        self._target_has_digests = bool(ready.get("digests"))
         return reader, writer, self._codec(ready)
 
     def _codec(self, ready: dict[str, Any]) -> int:

@@ -2,9 +2,10 @@
 
 The receiver's own text (`receiver.py`) travels on ssh's stdin with its configuration, and the
 target's `python3` runs it from memory: nothing is installed on the target. When the target's
-Python can load the agent's `zstandard` build (same interpreter tag and machine), that package
-travels too, into a private temporary directory the receiver removes when it ends; otherwise
-the channel compresses with zlib, which every Python has.
+Python can load the agent's compiled `zstandard` and `xxhash` (same interpreter version and
+machine), those travel too, into a private temporary directory the receiver removes when it
+ends. Otherwise the channel compresses with zlib, which every Python has, and the target cannot
+report digests: after the target's own tools wrote to a volume, its whole table is forgotten.
 
 The ssh client stays open for the receiver's life: its stdin is the receiver's lease, so the
 receiver ends when the agent ends the session, stops, or is killed (its leftover ssh clients
@@ -85,14 +86,14 @@ async def start_receiver(
     *,
     port: int,
     bind: str = "0.0.0.0",
-    ship_zstd: bool = True,
+    ship_modules: bool = True,
 ) -> Receiver:
     """Start the receiver on the target, allowed to write `devices` only.
 
     Raises:
         TargetError: ssh failed, or the receiver did not start (the port taken, no python3).
     """
-    modules = await _zstd_bundle(session) if ship_zstd else None
+    modules = await _module_bundle(session) if ship_modules else None
     config: dict[str, Any] = {
         **tls_config,
         "devices": devices,
@@ -153,23 +154,39 @@ async def _collect(stdout: asyncio.StreamReader, lines: list[str]) -> None:
         del lines[:-50]
 
 
-async def _zstd_bundle(session: TargetSession) -> Optional[str]:
-    """The agent's `zstandard` package as base64 tar.gz, when the target's Python can load it."""
-    spec = importlib.util.find_spec("zstandard")
-    if spec is None or spec.origin is None:
+# The packages the receiver can use when the target's Python loads them, and the files of each
+# it needs (the compiled backend, not stubs or alternative backends).
+SHIPPED_MODULES: Final = {
+    "zstandard": ("__init__.py", "backend_c."),
+    "xxhash": ("__init__.py", "version.py", "_xxhash."),
+}
+
+
+async def _module_bundle(session: TargetSession) -> Optional[str]:
+    """The agent's compiled helper packages as base64 tar.gz, when the target's Python is the
+    same interpreter version on the same machine (so their compiled parts load there)."""
+    packages = {}
+    for name in SHIPPED_MODULES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin is not None:
+            packages[name] = Path(spec.origin).parent
+    if not packages:
         return None
     probe = await session.run(("python3", "-c", _PROBE), PROBE_TIMEOUT_S)
     wanted = f"{sys.implementation.cache_tag} {platform.machine()}"
     if not probe.ok or probe.stdout.decode("utf-8", "replace").strip() != wanted:
         return None
-    return await asyncio.to_thread(_pack, Path(spec.origin).parent)
+    return await asyncio.to_thread(_pack, packages)
 
 
-def _pack(package: Path) -> str:
+def _pack(packages: dict[str, Path]) -> str:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
-        for path in sorted(package.iterdir()):
-            # The C backend is what the receiver loads; the cffi one and stubs are not needed.
-            if path.name == "__init__.py" or path.name.startswith("backend_c."):
-                tar.add(path, arcname=f"zstandard/{path.name}")
+        for name, directory in packages.items():
+            wanted = SHIPPED_MODULES[name]
+            for path in sorted(directory.iterdir()):
+                if path.name in wanted or path.name.startswith(
+                    tuple(w for w in wanted if w.endswith("."))
+                ):
+                    tar.add(path, arcname=f"{name}/{path.name}")
     return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -8,6 +8,9 @@ none of the garbage, and leave a target that `e2fsck` finds clean with the same 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,14 +19,16 @@ from pathlib import Path
 import pytest
 import structlog
 
+from smsagent.migration.block import receiver as wire
 from smsagent.migration.block.digests import DigestTable
 from smsagent.migration.block.engine import BlockChannel, ChannelError, ChannelOptions, PassReport
 from smsagent.migration.block.extents import used_map
-from smsagent.migration.block.sender import PassVolume, Tamper
+from smsagent.migration.block.sender import PassCounters, PassVolume, Tamper
 from smsagent.migration.block.tls import TlsMaterial
 from smsagent.target.session import TargetSession
 from tests.support import blockdev
 from tests.support.blocktls import CertKey, issue, make_ca, make_cert_key
+from tests.support.target import TargetHost
 
 pytestmark = [pytest.mark.timeout(600)]
 MIB = 1024 * 1024
@@ -185,3 +190,221 @@ def test_a_receiver_refuses_a_certificate_not_from_the_task(
 
     assert blockdev.ranges_digest(rig.target, whole) == before
     assert any("refused" in line for line in chan.receiver_lines), chan.receiver_lines
+
+
+class Proxy:
+    """A TCP forwarder between the source and the receiver: records what the source sends and
+    can cut the connection after `cut_after` bytes (once)."""
+
+    def __init__(self, upstream: tuple[str, int], cut_after: int | None = None) -> None:
+        self.upstream = upstream
+        self.cut_after = cut_after
+        self.sent = bytearray()
+        self.cuts = 0
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, record: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if record:
+                        self.sent += data
+                        if self.cut_after is not None and len(self.sent) > self.cut_after:
+                            self.cut_after = None
+                            self.cuts += 1
+                            raise ConnectionResetError("cut by the test")
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                for end in (dst, writer, up_writer):
+                    end.close()
+
+        await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
+
+
+def through(rig: Rig, session: TargetSession, proxy: Proxy, threads: int = 2) -> BlockChannel:
+    material = TlsMaterial.from_answer(rig.certkey.answer(), None)
+    return BlockChannel(
+        session,
+        material,
+        [rig.target],
+        ChannelOptions(
+            port=8900,
+            connect_address="127.0.0.1",
+            connect_port=proxy.port,
+            threads=threads,
+            cache_bytes=4 * MIB,
+            retry_delay_s=0.2,
+        ),
+        rig.workdir / "state" / "tls",
+        lambda: None,
+        structlog.get_logger(),
+    )
+
+
+def test_the_data_channel_never_runs_in_clear_text(
+    rig: Rig, target_session: TargetSession, target_host: TargetHost
+) -> None:
+    marker = b"SMSAGENT-CLEAR-TEXT-MARKER-" * 1000
+    (rig.source_root / "marker.txt").write_bytes(marker)
+    proxy = Proxy((target_host.ip, 8900))
+
+    async def scenario() -> PassReport:
+        await proxy.start()
+        try:
+            # No compression: were the channel plain, the marker would be on the wire as is.
+            return await copy(
+                through(rig, target_session, proxy, threads=0), rig.volume(rig.table())
+            )
+        finally:
+            await proxy.close()
+
+    with frozen(rig):
+        report = asyncio.run(scenario())
+    assert report.sent_bytes > 0
+    assert bytes(proxy.sent[:2]) == b"\x16\x03"  # a TLS handshake record
+    assert b"SMSAGENT-CLEAR-TEXT-MARKER" not in proxy.sent
+
+
+def test_a_plain_text_peer_is_refused(rig: Rig, target_session: TargetSession) -> None:
+    chan = channel(rig, target_session)
+
+    async def scenario() -> bytes:
+        try:
+            await chan.run_pass([])  # starts the receiver
+            assert chan.receiver is not None
+            reader, writer = await asyncio.open_connection(target_session.host, chan.receiver.port)
+            writer.write(wire.pack_message(wire.HELLO, {"version": 1, "volumes": []}))
+            await writer.drain()
+            try:
+                answer = await asyncio.wait_for(reader.read(), 30)
+            except ConnectionResetError:
+                answer = b""
+            writer.close()
+            return answer
+        finally:
+            await chan.close()
+
+    assert asyncio.run(scenario()) == b""  # no READY: the connection is closed or reset
+    assert any("refused" in line for line in chan.receiver_lines)
+
+
+def test_a_cut_connection_resumes_without_resending(
+    rig: Rig, target_session: TargetSession, target_host: TargetHost
+) -> None:
+    proxy = Proxy((target_host.ip, 8900), cut_after=40 * MIB)
+    table = rig.table()
+
+    async def scenario() -> PassReport:
+        await proxy.start()
+        try:
+            return await copy(through(rig, target_session, proxy), rig.volume(table))
+        finally:
+            await proxy.close()
+
+    with frozen(rig):
+        report = asyncio.run(scenario())
+        used = blockdev.ext_used_ranges(rig.source)
+        assert blockdev.ranges_digest(rig.source, used) == blockdev.ranges_digest(rig.target, used)
+    assert proxy.cuts == 1 and report.reconnects == 1
+    # What was acknowledged before the cut was not sent again: at most the window in flight.
+    assert report.sent_bytes <= rig.volume(table).used.used_bytes + 6 * 4 * MIB + MIB
+    assert_identical(rig)
+
+
+def test_a_killed_receiver_is_started_again_and_the_copy_goes_on(
+    rig: Rig, target_session: TargetSession, target_host: TargetHost
+) -> None:
+    table = rig.table()
+    chan = channel(rig, target_session)
+    killed: list[int] = []
+
+    def kill_once(counters: PassCounters) -> None:
+        if not killed and counters.acked_bytes >= 30 * MIB and chan.receiver is not None:
+            killed.append(receiver_pid(target_host))
+            os.kill(killed[0], signal.SIGKILL)
+
+    async def scenario() -> PassReport:
+        try:
+            return await chan.run_pass([rig.volume(table)], on_progress=kill_once)
+        finally:
+            await chan.close()
+
+    with frozen(rig):
+        report = asyncio.run(scenario())
+        used = blockdev.ext_used_ranges(rig.source)
+        assert blockdev.ranges_digest(rig.source, used) == blockdev.ranges_digest(rig.target, used)
+    assert killed and report.reconnects >= 1
+    assert report.sent_bytes <= rig.volume(table).used.used_bytes + 6 * 4 * MIB + MIB
+    assert_identical(rig)
+
+
+def test_a_stopped_pass_resumes_from_what_was_acknowledged(
+    rig: Rig, target_session: TargetSession
+) -> None:
+    table = rig.table()
+    positions: dict[int, int] = {}
+
+    class Stop(Exception):
+        pass
+
+    acked: list[int] = []
+
+    def checkpoint() -> None:
+        if acked and acked[-1] >= 30 * MIB:
+            raise Stop
+
+    def remember(counters: PassCounters) -> None:
+        acked.append(counters.acked_bytes)
+        positions.update(counters.positions)
+
+    material = TlsMaterial.from_answer(rig.certkey.answer(), None)
+    options = ChannelOptions(port=8900, threads=2, cache_bytes=4 * MIB)
+
+    async def first() -> None:
+        chan = BlockChannel(
+            target_session, material, [rig.target], options, rig.workdir / "tls", checkpoint,
+            structlog.get_logger(),
+        )  # fmt: skip
+        try:
+            await chan.run_pass([rig.volume(table)], on_progress=remember)
+        finally:
+            await chan.close()
+
+    with frozen(rig):
+        with pytest.raises(Stop):
+            asyncio.run(first())
+        start = positions[0]
+        assert 0 < start < rig.volume(table).used.size
+        volume = dataclasses.replace(rig.volume(table), start=start)
+        report = asyncio.run(copy(channel(rig, target_session), volume))
+        used = blockdev.ext_used_ranges(rig.source)
+        assert blockdev.ranges_digest(rig.source, used) == blockdev.ranges_digest(rig.target, used)
+    assert acked[-1] + report.sent_bytes <= volume.used.used_bytes + 6 * 4 * MIB + MIB
+    assert_identical(rig)
+
+
+def receiver_pid(host: TargetHost) -> int:
+    """The receiver's python3 on the target (its command line names it)."""
+    for pid in host.processes_inside():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"python3" in cmdline and b"smsagent-block-receiver" in cmdline:
+            return pid
+    raise AssertionError("no receiver runs on the target")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import socket
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Optional
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
+from dotenv.parser import Original, parse_stream
 from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -108,7 +109,16 @@ class Settings(BaseSettings):
         default=None, description="PEM file of extra CA certificates to trust"
     )
     verify_tls: bool = Field(default=True, description="verify the server's TLS certificate")
-    proxy: Optional[str] = Field(default=None, description="HTTP(S) proxy URL for SMS and IAM")
+    proxy: Optional[str] = Field(
+        default=None, description="HTTP(S) proxy URL for SMS, IAM and the log upload to OBS"
+    )
+    obs_endpoint: Optional[str] = Field(
+        default=None,
+        description=(
+            "OBS endpoint for UPLOAD_LOG (default: https://obs.<region>.myhuaweicloud.com, "
+            "the region of the task, else of SMSAGENT_ENDPOINT)"
+        ),
+    )
     log_format: LogFormat = Field(
         default="auto", description="auto (console on a tty, else json) | console | json | journal"
     )
@@ -137,6 +147,18 @@ class Settings(BaseSettings):
         ),
     )
     ssh_port: int = Field(default=22, ge=1, le=65535, description="SSH port of the target")
+    block_data_port: int = Field(
+        default=8900,
+        ge=1,
+        le=65535,
+        description="port of the block-level data channel on the target (TLS)",
+    )
+    block_freeze_max: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=120.0,
+        description="longest a block-level final pass may hold the source's file systems frozen, s",
+    )
     transfer_retries: int = Field(
         default=5, ge=0, le=100, description="times a failed transfer is retried"
     )
@@ -163,6 +185,13 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query or a fragment")
         return value.strip().rstrip("/")
+
+    @field_validator("obs_endpoint", mode="before")
+    @classmethod
+    def _check_optional_url(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return cls._check_url(value) if isinstance(value, str) else value
 
     @field_validator("proxy")
     @classmethod
@@ -194,6 +223,7 @@ class Settings(BaseSettings):
         self._check_auth()
         self._check_plain_http("endpoint")
         self._check_plain_http("iam_endpoint")
+        self._check_plain_http("obs_endpoint")
         if self.active_poll_interval > self.poll_interval:
             raise ValueError(
                 f"{env_name('active_poll_interval')} must not exceed {env_name('poll_interval')}"
@@ -218,6 +248,8 @@ class Settings(BaseSettings):
             )
 
     def _check_plain_http(self, field: str) -> None:
+        if getattr(self, field) is None:
+            return
         parts = urlsplit(getattr(self, field))
         if parts.scheme != "http" or self.allow_insecure_http or _is_loopback(parts.hostname):
             return
@@ -311,12 +343,13 @@ def load_settings(env_file: Optional[Path], overrides: Mapping[str, Any] = {}) -
     the env file. With `env_file=None` the default file is read if it exists.
 
     Raises:
-        ConfigError: a given env file is missing or unreadable, or a value is invalid.
+        ConfigError: a given env file is missing or unreadable, a line of the env file is not
+            `NAME=value`, or a value is invalid.
     """
     path = _env_file_to_read(env_file)
     unknown = sorted(set(overrides) - set(Settings.model_fields))
     if path is not None:
-        unknown += _unknown_variables(path)
+        unknown += _unknown_variables(read_env_file(path))
     if unknown:
         raise ConfigError(
             f"invalid settings: {', '.join(map(env_name, unknown))} is not a known setting"
@@ -324,28 +357,76 @@ def load_settings(env_file: Optional[Path], overrides: Mapping[str, Any] = {}) -
     try:
         return Settings(_env_file=path, **dict(overrides))
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError(
+            _without_env_file(env_file, path) + format_validation_error(exc)
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read env file {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise ConfigError(f"invalid settings: {' '.join(str(exc).split())}") from None
 
 
-def _unknown_variables(path: Path) -> list[str]:
-    """`SMSAGENT_*` names in the env file that match no field: typos that would be ignored."""
+def read_env_file(path: Path) -> dict[str, Optional[str]]:
+    """The variables of an env file, read as systemd's `EnvironmentFile=` reads them.
+
+    Raises:
+        ConfigError: the file cannot be read, or a line is not `NAME=value` (named by its
+            number, never quoted: it may hold a secret).
+    """
     try:
-        names = dotenv_values(path).keys()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read env file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"env file {path} is not UTF-8 text") from None
+    values: dict[str, Optional[str]] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise ConfigError(
+                f"env file {path} line {_first_line(binding.original)}: not a NAME=value line "
+                "(a quote not closed, or text without a name)"
+            )
+        if binding.key is not None:
+            values[binding.key] = binding.value
+    return values
+
+
+def _first_line(original: Original) -> int:
+    """The number of the first line of a parsed statement that is not blank."""
+    string = original.string
+    blank = string[: len(string) - len(string.lstrip())]
+    return original.line + blank.count("\n")
+
+
+def _without_env_file(env_file: Optional[Path], path: Optional[Path]) -> str:
+    """For an error, the lead that says no env file was read: the settings came from the
+    environment alone, which is rarely what an operator meant."""
+    if env_file is None and path is None:
+        return (
+            f"env file {DEFAULT_ENV_FILE} does not exist and no --env-file was given, so the "
+            "settings come from the environment alone; "
+        )
+    return ""
+
+
+def _unknown_variables(values: Mapping[str, Optional[str]]) -> list[str]:
+    """`SMSAGENT_*` names in the env file that match no field: typos that would be ignored."""
     fields = {env_name(field) for field in Settings.model_fields}
     return sorted(
-        name for name in names if name.upper().startswith(ENV_PREFIX) and name.upper() not in fields
+        name
+        for name in values
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in fields
     )
+
+
+def default_env_file() -> Optional[Path]:
+    """The default env file when it exists, else None."""
+    return DEFAULT_ENV_FILE if DEFAULT_ENV_FILE.is_file() else None
 
 
 def _env_file_to_read(env_file: Optional[Path]) -> Optional[Path]:
     if env_file is None:
-        return DEFAULT_ENV_FILE if DEFAULT_ENV_FILE.is_file() else None
+        return default_env_file()
     if not env_file.exists():
         raise ConfigError(f"env file {env_file} does not exist")
     if not env_file.is_file():

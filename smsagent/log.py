@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Callable, Final, Optional, TextIO
@@ -54,6 +55,12 @@ _JOURNAL_RESERVED: Final = frozenset(
 )
 _NOT_JOURNAL_FIELDS: Final = frozenset({"event", "level", "timestamp", "exception"})
 _FIELD_CHARS: Final = re.compile(r"[^A-Z0-9_]")
+# A PEM private key (RSA, EC, OpenSSH, PKCS#8, encrypted), or what is left of one cut short.
+_PRIVATE_KEY_BLOCK: Final = re.compile(
+    r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)", re.DOTALL
+)
+# How many recent events a process keeps for a log bundle (`recent_events`).
+RECENT_EVENTS: Final = 1000
 
 
 def is_secret_key(key: str) -> bool:
@@ -160,9 +167,42 @@ def scrub(text: str) -> str:
     return _SECRETS.scrub(text)
 
 
+def redact_private_keys(text: str) -> str:
+    """`text` with every PEM private-key block (also one cut short) replaced by `[redacted]`:
+    for text from outside the process, such as a file or a command's output, that may hold a
+    key this process never registered."""
+    if "PRIVATE KEY-----" not in text:
+        return text
+    return _PRIVATE_KEY_BLOCK.sub(REDACTED, text)
+
+
 def forget_secrets() -> None:
     """Forget every registered secret (for a process that reconfigures from scratch)."""
     _SECRETS.clear()
+
+
+class RecentEvents:
+    """Processor: keeps the last `size` events, already redacted, so that a log bundle has the
+    agent's own lines wherever they were written (a terminal, a pipe, the journal)."""
+
+    def __init__(self, size: int) -> None:
+        self._events: deque[dict[str, Any]] = deque(maxlen=size)
+
+    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        self._events.append(dict(event_dict))
+        return event_dict
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The kept events, oldest first."""
+        return list(self._events)
+
+
+_RECENT: Final = RecentEvents(RECENT_EVENTS)
+
+
+def recent_events() -> list[dict[str, Any]]:
+    """The last events this process logged (at most `RECENT_EVENTS`), redacted, oldest first."""
+    return _RECENT.snapshot()
 
 
 def journal_field_name(key: str) -> str:
@@ -237,6 +277,7 @@ def _shared_processors() -> list[Processor]:
         # Tracebacks become text here so that redaction sees them.
         structlog.processors.format_exc_info,
         redact_secrets,
+        _RECENT,
     ]
 
 

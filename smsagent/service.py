@@ -35,9 +35,8 @@ from smsagent.agent.health import HealthFile
 from smsagent.agent.ledger import Ledger, RepeatGuard
 from smsagent.agent.outbox import Outbox
 from smsagent.agent.poller import Identity, LoopHealth, Poller
+from smsagent.agent.preflight import local_preflight
 from smsagent.agent.registration import register
-from smsagent.agent.registry import HandlerLoadError, HandlerRegistry
-from smsagent.agent.statedir import StateDirError, require_usable_state_dir
 from smsagent.agent.store import AGENT, ConnectionTracker, Store
 from smsagent.api.errors import SmsError
 from smsagent.config import ConfigError, Settings, load_settings
@@ -167,17 +166,17 @@ class Service:
         settings = self.settings
         store = Store(settings.state_dir)
         health = HealthFile(settings.state_dir)
+        # The same verdict `smsagent check` shows: what stops the agent stops it here, before
+        # it changes anything.
+        preflight = local_preflight(settings.state_dir, settings.disabled_handlers)
+        registry = preflight.require()
+        for warning in preflight.state_dir.warnings:
+            log.warning("state_dir_warning", warning=warning)
         try:
-            for warning in require_usable_state_dir(settings.state_dir):
-                log.warning("state_dir_warning", warning=warning)
             store.open()
             outbox = Outbox(store, backoff_cap_s=settings.backoff_cap)
             outbox.open()
             health.open()
-            registry = HandlerRegistry.load(settings.disabled_handlers)
-        except (HandlerLoadError, StateDirError) as exc:
-            health.close()
-            raise StartupError(str(exc)) from None
         except OSError as exc:
             health.close()
             raise StartupError(f"state directory {settings.state_dir}: {exc}") from None

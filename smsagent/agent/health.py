@@ -5,11 +5,17 @@ visible exactly when the state directory cannot take a new file. So the file is 
 start-up, at a fixed size, and every later update overwrites it in place: that needs no new
 blocks, and works on a full file system. It is written only when something changes, never per
 poll; a reader sees a JSON object padded with spaces.
+
+The running agent also holds an exclusive `flock` on the file, which the kernel lets go when the
+process ends however it ends (even `kill -9`): so `agent_running` tells a live agent from a
+`pid` left behind, without trusting a pid that may since belong to another process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import time
@@ -23,6 +29,10 @@ log = structlog.get_logger(__name__)
 HEALTH_FILE: Final = "health.json"
 SIZE: Final = 4096
 _FAULT_CHARS: Final = 1500
+# A reader (`agent_running`) holds a shared lock for two system calls; the agent tries this
+# often before it concludes that another process holds the file.
+_LOCK_TRIES: Final = 50
+_LOCK_RETRY_S: Final = 0.01
 
 
 class HealthFile:
@@ -54,6 +64,7 @@ class HealthFile:
         """
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            _lock(fd, self.path)
             os.ftruncate(fd, SIZE)
             os.pwrite(fd, b" " * SIZE, 0)
             os.fsync(fd)
@@ -102,6 +113,44 @@ class HealthFile:
             # In-place writes of an allocated file do not fail for space; anything else is
             # logged, and the journal still carries the fault.
             log.warning("health_write_failed", path=str(self.path), error=str(exc))
+
+
+def _lock(fd: int, path: Path) -> None:
+    """Hold the file's exclusive lock for as long as `fd` is open."""
+    for _ in range(_LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(_LOCK_RETRY_S)
+    # Another agent runs with this state directory. Starting anyway is what the agent always
+    # did; `status` then names the first one only.
+    log.warning(
+        "health_file_locked", path=str(path), hint="another agent uses this state directory"
+    )
+
+
+def agent_running(state_dir: Path) -> Optional[bool]:
+    """Whether an agent holds `health.json` in `state_dir` now; None when it cannot be told
+    (the file cannot be opened for another reason than its absence, e.g. no permission).
+
+    Nothing is written: the file is opened read-only and locked shared for an instant.
+    """
+    try:
+        fd = os.open(state_dir / HEALTH_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError as exc:
+        return True if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK) else None
+    finally:
+        os.close(fd)  # lets go of the shared lock, if it was taken
+    return False
 
 
 def read_health(state_dir: Path) -> Optional[dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import Callable, Protocol
 
 import structlog
 
+from smsagent.agent.preflight import Blocked, privacy_blocker
 from smsagent.agent.store import AGENT, AgentRecord, Store
 from smsagent.api.errors import SmsError
 from smsagent.api.models import (
@@ -22,8 +23,6 @@ from smsagent.api.models import (
 from smsagent.errors import StartupError
 
 log = structlog.get_logger(__name__)
-
-PRIVACY_SETTING = "SMSAGENT_ACCEPT_PRIVACY_STATEMENT"
 
 
 class RegistrationClient(Protocol):
@@ -50,16 +49,15 @@ async def ensure_privacy_statement(client: RegistrationClient, accept: bool) -> 
     """Make sure the account has accepted the SMS privacy statement.
 
     Raises:
-        StartupError: it has not, and the operator has not accepted it in the settings.
+        StartupError: it has not, and the operator has not accepted it in the settings (the
+            same verdict `smsagent check` shows).
     """
     agreement = await client.show_privacy_agreements()
     if agreement.flag:
         return
-    if not accept:
-        raise StartupError(
-            "the SMS privacy statement has not been accepted for this account; read it in the "
-            f"SMS console, then set {PRIVACY_SETTING}=true to accept it"
-        )
+    blocker = privacy_blocker(agreement.flag, accept)
+    if blocker is not None:
+        raise Blocked(blocker)
     try:
         await client.create_privacy_agreements()
     except SmsError as exc:

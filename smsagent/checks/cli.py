@@ -11,12 +11,20 @@ from typing import Final, Optional
 
 from smsagent import log as logging_setup
 from smsagent.agent.connect import make_client
-from smsagent.checks.endpoint import CLOCK, CREDENTIALS, ENDPOINT, TLS_FAILED, endpoint_checks
+from smsagent.agent.preflight import PRIVACY_STATEMENT, local_preflight
+from smsagent.checks.endpoint import (
+    CLOCK,
+    CREDENTIALS,
+    ENDPOINT,
+    TLS_FAILED,
+    endpoint_checks,
+    privacy_check,
+)
 from smsagent.checks.install import install_checks
 from smsagent.checks.local import run_local_checks
 from smsagent.checks.model import Check, all_failed_as, bounded, first_error
 from smsagent.checks.render import render_json, render_table
-from smsagent.config import DEFAULT_ENV_FILE, ConfigError, Settings, load_settings
+from smsagent.config import DEFAULT_ENV_FILE, ConfigError, Settings, default_env_file, load_settings
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
@@ -50,17 +58,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _endpoint(settings: Settings, timeout_s: float) -> list[Check]:
-    failed = all_failed_as(ENDPOINT, CLOCK, CREDENTIALS)
+    failed = all_failed_as(ENDPOINT, CLOCK, CREDENTIALS, PRIVACY_STATEMENT)
     try:
         async with make_client(settings) as client:
-            return await bounded(lambda: endpoint_checks(client, settings), timeout_s, failed)
+
+            async def ask() -> list[Check]:
+                checks = await endpoint_checks(client, settings)
+                return [*checks, await privacy_check(client, settings, checks[-1])]
+
+            return await bounded(ask, timeout_s, failed)
     except ValueError as exc:  # an unusable CA bundle: the client cannot be opened
         return failed(str(exc), TLS_FAILED)
 
 
 async def run_checks(settings: Settings, env_file: Optional[Path], timeout_s: float) -> list[Check]:
-    """Every check `smsagent check` makes, in the order shown."""
-    checks = install_checks(env_file, settings.state_dir, settings.disabled_handlers)
+    """Every check `smsagent check` makes, in the order shown: among them, as ERRORs, all
+    that stops `smsagent run`, in `run`'s words."""
+    preflight = local_preflight(settings.state_dir, settings.disabled_handlers)
+    checks = install_checks(env_file, preflight)
     source_checks, _ = await run_local_checks(settings.source_root, None, timeout_s)
     checks += source_checks
     checks += await _endpoint(settings, timeout_s)
@@ -69,9 +84,7 @@ async def run_checks(settings: Settings, env_file: Optional[Path], timeout_s: fl
 
 def _env_file_read(env_file: Optional[Path]) -> Optional[Path]:
     """The env file the settings came from (the default one only when it exists)."""
-    if env_file is not None:
-        return env_file
-    return DEFAULT_ENV_FILE if DEFAULT_ENV_FILE.is_file() else None
+    return env_file if env_file is not None else default_env_file()
 
 
 def main(argv: Sequence[str]) -> int:

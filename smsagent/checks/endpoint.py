@@ -1,7 +1,10 @@
-"""Checks of the way to SMS: the endpoint and its TLS, the local clock, the credentials.
+"""Checks of the way to SMS: the endpoint and its TLS, the local clock, the credentials, and
+the privacy statement.
 
-One signed call (`GET /v3/config`) answers all three: whether anything answered, the server's
-`Date` against the local clock, and whether the signature or token was accepted.
+One signed call (`GET /v3/config`) answers the first three: whether anything answered, the
+server's `Date` against the local clock, and whether the signature or token was accepted. A
+second (`GET /v3/privacy-agreements`, which changes nothing) gives the privacy statement the
+verdict `smsagent run` stops on.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from datetime import datetime, timezone
 from typing import Callable, Final, Optional
 from urllib.parse import urlsplit
 
+from smsagent.agent.preflight import PRIVACY_SETTING, PRIVACY_STATEMENT, privacy_blocker
 from smsagent.api.auth import IAM_TOKENS_PATH
 from smsagent.api.client import SmsClient
+from smsagent.api.enums import CheckResult
 from smsagent.api.errors import (
     AuthError,
     ForbiddenError,
@@ -23,7 +28,7 @@ from smsagent.api.errors import (
     SmsError,
     TransportError,
 )
-from smsagent.checks.model import Check
+from smsagent.checks.model import Check, blocker_check
 from smsagent.config import AuthMode, Settings
 
 # SMS error codes of the way to SMS (spec §6.3).
@@ -50,6 +55,7 @@ CREDENTIALS_KIND: Final = {
 
 _TLS_PROBLEM: Final = re.compile(r"SSL|TLS|[Cc]ertificate")
 PROBE_CALL: Final = "GET /v3/config"
+PRIVACY_CALL: Final = "GET /v3/privacy-agreements"
 NO_TOKEN: Final = "no IAM token to call SMS with"
 
 
@@ -206,3 +212,31 @@ async def endpoint_checks(client: SmsClient, settings: Settings) -> list[Check]:
         clock_check(probe, signs_requests=mode is AuthMode.aksk),
         credentials_check(probe, CREDENTIALS_KIND[mode]),
     ]
+
+
+async def privacy_check(client: SmsClient, settings: Settings, credentials: Check) -> Check:
+    """Whether the agent may go past the privacy statement: the ERROR `smsagent run` stops on
+    when the account has not accepted it and the settings do not accept it either.
+
+    Args:
+        client: an open client built from `settings`.
+        settings: whether the operator accepts the statement (`accept_privacy_statement`).
+        credentials: the credentials check; unless it is OK, SMS is not asked.
+    """
+    if credentials.result is not CheckResult.OK:
+        return Check.not_checked(PRIVACY_STATEMENT, "the credentials were not accepted")
+    try:
+        agreement = await client.show_privacy_agreements()
+    except SmsError as exc:
+        # The agent retries this call at start-up like any failing call; it does not stop.
+        return Check.warn(PRIVACY_STATEMENT, f"{PRIVACY_CALL} failed: {exc}", exc.error_code)
+    blocker = privacy_blocker(agreement.flag, settings.accept_privacy_statement)
+    if blocker is not None:
+        return blocker_check(blocker)
+    if agreement.flag:
+        return Check.ok(PRIVACY_STATEMENT, "the account has accepted the SMS privacy statement")
+    return Check.ok(
+        PRIVACY_STATEMENT,
+        "the SMS privacy statement is not yet accepted for this account; the agent accepts it "
+        f"when it starts ({PRIVACY_SETTING}=true)",
+    )

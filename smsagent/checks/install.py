@@ -1,29 +1,27 @@
 """Checks of the installation: who may read the env file, whether the state dir is usable and
-private, and the handlers."""
+private, and the handlers.
+
+What stops `smsagent run` comes from `local_preflight`, the verdict `run` itself stops on, and
+is shown as an ERROR with `run`'s sentence."""
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Collection
 from pathlib import Path
 from typing import Final, Optional
 
 from pydantic import JsonValue
 
-from smsagent.agent.health import read_health
-from smsagent.agent.registry import HandlerLoadError, HandlerRegistry
-from smsagent.agent.statedir import inspect_state_dir
-from smsagent.checks.model import Check
+from smsagent.agent.health import agent_running, read_health
+from smsagent.agent.preflight import HANDLERS, STATE_DIR, Blocker, LocalPreflight
+from smsagent.checks.model import Check, blocker_check
 
 ENV_FILE: Final = "env_file"
-STATE_DIR: Final = "state_dir"
-HANDLERS: Final = "handlers"
 AGENT: Final = "agent"
 AGENT_FAULT: Final = "SMSAGENT.AGENT_FAULT"
 
 INSECURE_FILE: Final = "SMSAGENT.FILE_MODE"
-HANDLERS_BROKEN: Final = "SMSAGENT.HANDLERS"
 
 ROOT_UID: Final = 0
 PRIVATE_MODE_BITS: Final = 0o077
@@ -72,13 +70,19 @@ def env_file_check(env_file: Optional[Path]) -> Check:
     return private_path_check(ENV_FILE, env_file, stat_result, what="the env file", fix=fix)
 
 
-def state_dir_check(state_dir: Path) -> Check:
+def _blocker_of(preflight: LocalPreflight, name: str) -> Optional[Blocker]:
+    return next((b for b in preflight.blockers if b.check == name), None)
+
+
+def state_dir_check(preflight: LocalPreflight) -> Check:
     """The state dir must take the agent's writes: ERROR with the sentence `smsagent run` stops
     on. It holds task keys, so only root may enter it: WARN otherwise, and for documents the
     agent will quarantine."""
-    verdict = inspect_state_dir(state_dir)
-    if verdict.problem is not None:
-        return Check.error(STATE_DIR, verdict.problem, verdict.error_code, path=str(state_dir))
+    verdict = preflight.state_dir
+    state_dir = verdict.path
+    blocker = _blocker_of(preflight, STATE_DIR)
+    if blocker is not None:
+        return blocker_check(blocker, path=str(state_dir))
     if not verdict.exists:
         return Check.ok(STATE_DIR, f"{state_dir} does not exist yet; the agent creates it 0700")
     try:
@@ -101,37 +105,30 @@ def state_dir_check(state_dir: Path) -> Check:
 def agent_check(state_dir: Path) -> Check:
     """What the agent says of itself in `health.json`: ERROR while a running agent reports a
     fault (its state directory full, a part of it crashed), WARN for the fault the last run
-    ended with."""
+    ended with. Whether it runs is the lock it holds on the file, not its pid."""
     health = read_health(state_dir)
     if health is None:
         return Check.ok(AGENT, "no agent has run with this state directory")
     pid, fault = health.get("pid"), health.get("fault")
-    running = isinstance(pid, int) and _alive(pid)
+    running = agent_running(state_dir) is True
+    shown = f" (pid {pid})" if isinstance(pid, int) else ""
     if isinstance(fault, str) and running:
-        return Check.error(AGENT, f"the running agent (pid {pid}) reports: {fault}", AGENT_FAULT)
+        return Check.error(AGENT, f"the running agent{shown} reports: {fault}", AGENT_FAULT)
     if isinstance(fault, str):
         return Check.warn(AGENT, f"the last agent run ended with: {fault}", AGENT_FAULT)
     if running:
-        return Check.ok(AGENT, f"the agent runs (pid {pid}) and reports no fault")
+        return Check.ok(AGENT, f"the agent runs{shown} and reports no fault")
     return Check.ok(AGENT, "no agent runs; the last one reported no fault")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def handlers_check(disabled: Collection[str]) -> Check:
+def handlers_check(preflight: LocalPreflight) -> Check:
     """Every handler loads, and each command the agent needs has one."""
-    try:
-        registry = HandlerRegistry.load(disabled)
-    except HandlerLoadError as exc:
-        return Check.error(HANDLERS, str(exc), HANDLERS_BROKEN)
+    blocker = _blocker_of(preflight, HANDLERS)
+    if blocker is not None:
+        return blocker_check(blocker)
+    registry = preflight.registry
+    if registry is None:  # handlers that do not load are always a blocker
+        raise AssertionError("handlers missing without a blocker")
     loaded: list[JsonValue] = [
         f"{info.name} ({info.distribution} {info.version})" for info in registry.infos
     ]
@@ -141,13 +138,11 @@ def handlers_check(disabled: Collection[str]) -> Check:
     return Check.ok(HANDLERS, reason, handlers=loaded)
 
 
-def install_checks(
-    env_file: Optional[Path], state_dir: Path, disabled: Collection[str]
-) -> list[Check]:
+def install_checks(env_file: Optional[Path], preflight: LocalPreflight) -> list[Check]:
     """The env file, the state dir, what a running agent reports, and the handlers."""
     return [
         env_file_check(env_file),
-        state_dir_check(state_dir),
-        agent_check(state_dir),
-        handlers_check(disabled),
+        state_dir_check(preflight),
+        agent_check(preflight.state_dir.path),
+        handlers_check(preflight),
     ]

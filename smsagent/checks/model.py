@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Final, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Final, Optional, TypeVar
 
 import structlog
 from pydantic import JsonValue
@@ -13,6 +13,9 @@ from pydantic import JsonValue
 from smsagent.api.enums import CheckResult
 from smsagent.log import scrub
 from smsagent.waits import within
+
+if TYPE_CHECKING:  # the agent's start-up verdict is not needed to build a check at run time
+    from smsagent.agent.preflight import Blocker
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +81,11 @@ class Check:
         if self.details:
             document["details"] = dict(self.details)
         return document
+
+
+def blocker_check(blocker: Blocker, **details: JsonValue) -> Check:
+    """What stops `smsagent run`, as the ERROR `check` shows: `run`'s sentence and code."""
+    return Check.error(blocker.check, blocker.reason, blocker.error_code, **details)
 
 
 def worst(results: Iterable[CheckResult]) -> CheckResult:

@@ -12,7 +12,9 @@ It is not signed and sees no faults, so keep the emulator on a loopback address.
   its source already sent is not stored again but counted in that result's `duplicates`);
   `duplicate_results` (the sum of those counts);
   `requests` (per `METHOD /route/{param}`: `count`, `statuses` by code, `at` epoch seconds;
-  status 0 is a connection reset); `faults`, `faults_injected`, `options`.
+  status 0 is a connection reset); `faults`, `faults_injected`, `options`; with an object store
+  (`--obs-port`), `obs`: its `url`, `region`, `buckets` (each `denied` or not, with its
+  `objects`: `key`, `size`, `etag`) and `requests` (`method`, `path`, `status`, `code`, `at`).
 * `GET /_emulator/faults` -> the fault settings.
 * `PUT /_emulator/faults` with `latency_s`, `error_rate` (0..1), `error_status` (500 | 503),
   `retry_after_s` (integer seconds, default 1; null for no header), `reset_rate`, `malformed_rate`,

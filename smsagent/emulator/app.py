@@ -1,4 +1,4 @@
-"""The SMS v3 routes: path and body parsing around the control plane (spec §3.1-3.18, §3.22).
+"""The SMS v3 routes: path and body parsing around the control plane (spec §3.1-3.19, §3.22).
 
 Every body is validated with the wire models of `smsagent.api.models`; path ids must be 1..255
 characters of `A-Z a-z 0-9 _ -`. Operations without a payload answer `{}`, which the official SDK
@@ -8,10 +8,10 @@ reads as an empty response.
 from __future__ import annotations
 
 import re
-from typing import Optional, TypeVar
+from typing import Annotated, Optional, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, StringConstraints, ValidationError
 
 from smsagent.api.enums import ConfigKey
 from smsagent.api.models import (
@@ -23,6 +23,7 @@ from smsagent.api.models import (
     PutCopyStateReq,
     PutDiskInfoReq,
     PutTaskReq,
+    RequestModel,
     SetConsistencyResultRequestBody,
     SpeedLimit,
     UpdateTaskSpeedReq,
@@ -33,6 +34,14 @@ from smsagent.emulator.errors import from_validation, invalid
 from smsagent.emulator.queries import ListServersQuery, ListTasksQuery, parse_query
 
 PATH_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
+
+
+class CollectLogBody(RequestModel):
+    """Body of CollectLog, `POST /v3/tasks/{id}/log` (spec §3.19)."""
+
+    log_bucket: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -96,6 +105,7 @@ class SmsRoutes:
             web.post(tasks + "/configuration-setting", self.update_configurations),
             web.get(tasks + "/consistency-result", self.show_consistency),
             web.post(tasks + "/consistency-result", self.update_consistency),
+            web.post(tasks + "/log", self.collect_log),
         ]
 
     async def show_config(self, request: web.Request) -> web.Response:
@@ -193,6 +203,11 @@ class SmsRoutes:
         task_id = path_id(request, "task_id")
         body = await body_of(request, SetConsistencyResultRequestBody)
         return ok(self._plane.set_consistency(task_id, body))
+
+    async def collect_log(self, request: web.Request) -> web.Response:
+        task_id = path_id(request, "task_id")
+        body = await body_of(request, CollectLogBody)
+        return ok(self._plane.collect_log(task_id, body.log_bucket))
 
 
 def _config_key(request: web.Request) -> Optional[str]:

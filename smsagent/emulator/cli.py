@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from smsagent.emulator.commands import DeliveryMode
 from smsagent.emulator.faults import FaultSettings
 from smsagent.emulator.iam import DEFAULT_TOKEN_TTL_S, IamUser
+from smsagent.emulator.objectstore import DEFAULT_REGION, ObjectStoreOptions, bucket_names
 from smsagent.emulator.runtime import (
     DEFAULT_DISCONNECT_AFTER_S,
     DEFAULT_MAX_BODY_BYTES,
@@ -91,7 +92,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds without a poll before a source shows as disconnected",
     )
     _add_fault_flags(parser.add_argument_group("faults (also switchable at PUT /_emulator/faults)"))
+    _add_object_store_flags(parser.add_argument_group("object store (OBS, S3-compatible)"))
     return parser
+
+
+def _add_object_store_flags(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--obs-port",
+        type=int,
+        help="serve an object store checking SigV4 with --ak/--sk on this port (0: a free one)",
+    )
+    group.add_argument(
+        "--obs-bucket", action="append", default=[], metavar="NAME", help="a bucket (repeatable)"
+    )
+    group.add_argument(
+        "--obs-deny-bucket",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a bucket that refuses with 403 AccessDenied (repeatable)",
+    )
+    group.add_argument(
+        "--obs-region", default=DEFAULT_REGION, help="the region signatures must be scoped to"
+    )
+
+
+def object_store_options(args: argparse.Namespace) -> Optional[ObjectStoreOptions]:
+    """The object store's options, or None when --obs-port is not given."""
+    buckets, denied = bucket_names(args.obs_bucket), bucket_names(args.obs_deny_bucket)
+    if args.obs_port is None:
+        if buckets or denied:
+            raise UsageError("--obs-bucket and --obs-deny-bucket need --obs-port")
+        return None
+    if not 0 <= args.obs_port <= 65535:
+        raise UsageError("--obs-port must be 0 to 65535")
+    both = sorted(set(buckets) & set(denied))
+    if both:
+        raise UsageError(f"bucket {both[0]} is given as --obs-bucket and --obs-deny-bucket")
+    if not args.obs_region.strip():
+        raise UsageError("--obs-region must not be empty")
+    return ObjectStoreOptions(
+        port=args.obs_port,
+        region=args.obs_region.strip(),
+        buckets=buckets,
+        denied_buckets=denied,
+    )
 
 
 def _add_fault_flags(group: argparse._ArgumentGroup) -> None:
@@ -157,6 +202,7 @@ def options_from(args: argparse.Namespace) -> EmulatorOptions:
         faults=fault_settings(args),
         seed=args.seed,
         max_body_bytes=args.max_body_bytes,
+        object_store=object_store_options(args),
     )
 
 

@@ -30,7 +30,7 @@ from smsagent.emulator.commands import CommandQueue, DeliveryMode
 from smsagent.emulator.errors import TASK_EXISTS, ApiError, invalid
 from smsagent.emulator.queries import ListServersQuery, ListTasksQuery
 from smsagent.emulator.results import CommandResults
-from smsagent.emulator.sources import Sources
+from smsagent.emulator.sources import Sources, to_ms
 from smsagent.emulator.store import Doc, Store
 from smsagent.emulator.taskdata import CertKeyUpdate, TaskData
 from smsagent.emulator.tasks import Tasks
@@ -41,6 +41,11 @@ PROGRESS = "progress"
 CHANGESTATES = "changestates"
 ACTIONS = "actions"
 JOURNALS = (PROGRESS, CHANGESTATES, ACTIONS)
+
+# `log_collect_status` (spec §4.5); the server keeps it, from CollectLog and the UPLOAD_LOG result.
+LOG_UPLOADING = "UPLOADING"
+LOG_UPLOADED = "UPLOADED"
+LOG_UPLOAD_FAIL = "UPLOAD_FAIL"
 
 PRIVACY = "privacy"
 AGENT_CONFIG: dict[str, Any] = {
@@ -134,6 +139,8 @@ class ControlPlane:
         self.results.record(source_id, entry)
         if task_id is not None and self.tasks.find(task_id) is not None:
             self._apply_result(task_id, body, now_s)
+        if body.command_name is CommandName.UPLOAD_LOG:
+            self._log_collected(source_id, task_id, body, now_s)
         return {}
 
     def change_state(self, source_id: str, body: PutCopyStateReq) -> dict[str, Any]:
@@ -184,6 +191,19 @@ class ControlPlane:
         entry = {"task_id": task_id, "received_at": now_s, **body.to_wire()}
         entry["queued_command"] = queued["command_name"] if queued else None
         self._store.append(ACTIONS, entry)
+        return {}
+
+    def collect_log(self, task_id: str, log_bucket: str) -> dict[str, Any]:
+        """CollectLog (spec §3.19): the task's logs are wanted in `log_bucket`; its source's
+        agent gets UPLOAD_LOG with the bucket, and the task shows `UPLOADING` until it answers."""
+        task = self.tasks.get(task_id)
+        self.tasks.override(
+            task_id, {"log_bucket": log_bucket, "log_collect_status": LOG_UPLOADING}
+        )
+        param = {"task_id": task_id, "bucket": log_bucket}
+        self.commands.push(
+            task["source_server"]["id"], CommandName.UPLOAD_LOG.value, self._clock(), param
+        )
         return {}
 
     def cert_key(self, task_id: str) -> dict[str, Any]:
@@ -324,6 +344,26 @@ class ControlPlane:
         source = self.sources.find(task["source_server"]["id"])
         connected = source is not None and self.sources.is_connected(source, self._clock())
         return self.tasks.view(task, source, connected)
+
+    def _log_collected(
+        self, source_id: str, task_id: Optional[str], body: CommandBody, now_s: float
+    ) -> None:
+        """An UPLOAD_LOG result moves the task's `log_collect_status` on (the command may name
+        no task: then it is the source's task, if it has one)."""
+        task = self.tasks.find(task_id) if task_id else self.tasks.for_source(source_id)
+        if task is None:
+            return
+        if body.result is CommandResult.success:
+            fields: dict[str, Any] = {
+                "log_collect_status": LOG_UPLOADED,
+                "log_upload_time": to_ms(now_s),
+            }
+        else:
+            fields = {"log_collect_status": LOG_UPLOAD_FAIL}
+        bucket = body.result_detail.get("bucket")
+        if isinstance(bucket, str) and bucket:
+            fields["log_bucket"] = bucket
+        self.tasks.override(task["id"], fields)
 
     def _apply_result(self, task_id: str, body: CommandBody, now_s: float) -> None:
         state = rules.result_state(CommandName(body.command_name), CommandResult(body.result))

@@ -12,6 +12,7 @@ from smsagent.emulator.control import ControlPlane
 from smsagent.emulator.faults import FaultInjector, FaultSettings
 from smsagent.emulator.gateway import Gateway
 from smsagent.emulator.iam import DEFAULT_TOKEN_TTL_S, IamUser, TokenRegistry
+from smsagent.emulator.objectstore import ObjectStore, ObjectStoreOptions
 from smsagent.emulator.store import open_store
 from smsagent.emulator.traffic import RequestLog
 
@@ -36,6 +37,7 @@ class EmulatorOptions:
     faults: FaultSettings = field(default_factory=FaultSettings)
     seed: Optional[int] = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    object_store: Optional[ObjectStoreOptions] = None
 
     def describe(self) -> dict[str, Any]:
         """The options without secrets, as the state dump shows them."""
@@ -48,6 +50,7 @@ class EmulatorOptions:
             "disconnect_after_s": self.disconnect_after_s,
             "state_file": str(self.state_file) if self.state_file else None,
             "seed": self.seed,
+            "object_store": self.object_store is not None,
         }
 
 
@@ -70,6 +73,9 @@ class Emulator:
         self.tokens.set_expired(options.faults.expire_tokens)
         self.requests = RequestLog()
         self.gateway = Gateway(options.ak, options.sk, self.tokens, clock)
+        self.object_store: Optional[ObjectStore] = None
+        if options.object_store is not None:
+            self.object_store = ObjectStore(options.object_store, options.ak, options.sk, clock)
 
     def set_faults(self, settings: FaultSettings) -> None:
         """Switch to new fault settings at run time."""
@@ -83,6 +89,8 @@ class Emulator:
         self.tokens.set_expired(False)
         self.set_faults(self.options.faults)
         self.faults.reset()
+        if self.object_store is not None:
+            self.object_store.reset()
 
     def state(self) -> dict[str, Any]:
         """The state dump of `GET /_emulator/state`."""
@@ -91,6 +99,8 @@ class Emulator:
         dump["faults"] = self.faults.settings.model_dump(mode="json")
         dump["faults_injected"] = self.faults.injected_count
         dump["options"] = self.options.describe()
+        if self.object_store is not None:
+            dump["obs"] = self.object_store.describe()
         return dump
 
     def close(self) -> None:

@@ -59,16 +59,27 @@ async def serve(
     """
     runner = web.AppRunner(build_app(emulator), access_log=None)
     await runner.setup()
+    store = emulator.object_store
+    store_runner = None if store is None else web.AppRunner(store.app(), access_log=None)
     try:
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         url = _base_url(runner, ssl_context is not None)
+        if store is not None and store_runner is not None:
+            await store_runner.setup()
+            await web.TCPSite(
+                store_runner, host, store.options.port, ssl_context=ssl_context
+            ).start()
+            store.url = _base_url(store_runner, ssl_context is not None)
+            log.info("object_store_listening", url=store.url, region=store.options.region)
         log.info(
             "emulator_listening", url=url, command_delivery=emulator.options.command_delivery.value
         )
         on_listening(url)
         await stop.wait()
     finally:
+        if store_runner is not None:
+            await store_runner.cleanup()
         await runner.cleanup()
         emulator.close()
         log.info("emulator_stopped")

@@ -42,10 +42,10 @@ def _write_env(path: Path, lines: dict[str, str], mode: int = 0o600) -> Path:
     return path
 
 
-def _run(env_file: Optional[Path], *args: str) -> Outcome:
+def _run(env_file: Optional[Path], *args: str, command: str = "check") -> Outcome:
     # Only the env file configures the agent: no SMSAGENT_* variable leaks in from outside.
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SMSAGENT_")}
-    argv = [sys.executable, "-m", "smsagent", "check", *args]
+    argv = [sys.executable, "-m", "smsagent", command, *args]
     if env_file is not None:
         argv += ["--env-file", str(env_file)]
     done = subprocess.run(
@@ -69,6 +69,7 @@ def settings_for(tmp_path: Path) -> Any:
             "SMSAGENT_SK": process.sk,
             "SMSAGENT_STATE_DIR": str(state_dir),
             "SMSAGENT_SOURCE_ROOT": str(source_root),
+            "SMSAGENT_ACCEPT_PRIVACY_STATEMENT": "true",
         }
         lines.update(overrides)
         return {key: value for key, value in lines.items() if value}
@@ -88,7 +89,8 @@ class TestHealthy:
         env_file = _write_env(tmp_path / "smsagent.env", settings_for(emulator))
         outcome = _run(env_file)
         assert outcome.returncode == 0, outcome
-        for name in ("env_file", "state_dir", "handlers", "endpoint", "clock", "credentials"):
+        names = ("env_file", "state_dir", "handlers", "endpoint", "clock", "credentials")
+        for name in (*names, "privacy_statement"):
             assert outcome.row(name)[1] == "OK", outcome.stdout
         assert outcome.stdout.splitlines()[0].split() == ["CHECK", "RESULT", "CODE", "REASON"]
         assert outcome.stdout.splitlines()[-1].startswith("result: ")
@@ -102,7 +104,7 @@ class TestHealthy:
         names = [check["name"] for check in document["checks"]]
         assert set(names) >= {"env_file", "state_dir", "handlers", "rsync_local", "ssh_client"}
         assert set(names) >= {"tmp_exec", "source_data", "bind_mounts", "speed_limit_tc"}
-        assert names[-3:] == ["endpoint", "clock", "credentials"]
+        assert names[-4:] == ["endpoint", "clock", "credentials", "privacy_statement"]
         for check in document["checks"]:
             assert check["result"] in ("OK", "WARN", "ERROR")
             assert check["reason"] and "error_code" in check
@@ -255,3 +257,58 @@ class TestBadSettings:
         lines = settings_for(emulator, SMSAGENT_POLL_INTERVALL="5")
         outcome = _run(_write_env(tmp_path / "e.env", lines))
         assert outcome.returncode == 2 and "SMSAGENT_POLL_INTERVALL" in outcome.stderr
+
+
+class TestSameVerdictAsRun:
+    """What stops `smsagent run` is an ERROR of `smsagent check`, in the same words."""
+
+    def test_privacy_statement_not_accepted(
+        self, emulator: EmulatorProcess, settings_for: Any, tmp_path: Path
+    ) -> None:
+        """The account has not accepted the privacy statement and the env file does not accept
+        it: `check` is ERROR (exit 1) with the sentence `run` stops on (exit 3)."""
+        lines = settings_for(emulator, SMSAGENT_ACCEPT_PRIVACY_STATEMENT="")
+        env_file = _write_env(tmp_path / "smsagent.env", lines)
+
+        checked = _run(env_file, "--json")
+        ran = _run(env_file, command="run")
+
+        privacy = checked.check("privacy_statement")
+        assert checked.returncode == 1, checked
+        assert (privacy["result"], privacy["error_code"]) == ("ERROR", "SMS.0208")
+        assert "SMSAGENT_ACCEPT_PRIVACY_STATEMENT=true" in privacy["reason"]
+        assert ran.returncode == 3, ran.stderr
+        assert ran.stderr.splitlines()[-1] == f"smsagent: cannot start: {privacy['reason']}"
+        assert "POST /v3/privacy-agreements" not in emulator.state()["requests"]
+
+    def test_privacy_statement_accepted_by_the_settings(
+        self, emulator: EmulatorProcess, settings_for: Any, tmp_path: Path
+    ) -> None:
+        """Accepted in the env file, it is OK: the agent accepts it when it starts; `check`
+        itself accepts nothing."""
+        env_file = _write_env(tmp_path / "smsagent.env", settings_for(emulator))
+        privacy = _run(env_file, "--json").check("privacy_statement")
+        assert privacy["result"] == "OK" and "accepts it when it starts" in privacy["reason"]
+        assert "POST /v3/privacy-agreements" not in emulator.state()["requests"]
+
+    @pytest.mark.parametrize("command", ["check", "run"])
+    def test_malformed_line(
+        self, emulator: EmulatorProcess, settings_for: Any, tmp_path: Path, command: str
+    ) -> None:
+        """A line that is not NAME=value: one line naming the file and the line, exit 2, for
+        both commands; the line's text (it may hold a secret) is not shown."""
+        env_file = _write_env(tmp_path / "smsagent.env", settings_for(emulator))
+        good = env_file.read_text()
+        env_file.write_text(good + "stray words with a secret-ish token\n")
+        line = len(good.splitlines()) + 1
+
+        outcome = _run(env_file, command=command)
+
+        prefix = "smsagent check" if command == "check" else "smsagent"
+        assert outcome.returncode == 2, outcome
+        assert outcome.stdout == ""
+        assert outcome.stderr.splitlines() == [
+            f"{prefix}: env file {env_file} line {line}: not a NAME=value line "
+            "(a quote not closed, or text without a name)"
+        ]
+        assert emulator.state()["requests"] == {}

@@ -357,6 +357,20 @@ class EmulatorProcess:
         command: dict[str, Any] = self.admin("POST", f"/sources/{source_id}/command", body)
         return command
 
+    def collect_log(self, task_id: str, bucket: str) -> None:
+        """The console's CollectLog (`POST /v3/tasks/{id}/log`): UPLOAD_LOG for the task's agent."""
+        answer = self.request("POST", f"/v3/tasks/{task_id}/log", {"log_bucket": bucket})
+        if answer.status != 200:
+            raise AdminError(answer.status, answer.body)
+
+    @property
+    def obs_url(self) -> str:
+        """The base URL of the object store (started with `obs_port=0`)."""
+        url: Optional[str] = self.state().get("obs", {}).get("url")
+        if url is None:
+            raise RuntimeError("the emulator serves no object store (start it with obs_port=0)")
+        return url
+
     def results(self, source_id: Optional[str] = None) -> list[dict[str, Any]]:
         """The stored command results (redeliveries counted, not repeated), oldest first."""
         return _matching(self.state()["command_results"], "source_id", source_id)

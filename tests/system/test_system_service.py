@@ -103,6 +103,15 @@ def restarted_after(container: nspawn.Container, old_pid: str) -> dict[str, str]
     return container.wait_until(running_again, AGENT_TIMEOUT_S, "the agent to run again")
 
 
+def status_rows(container: nspawn.Container) -> dict[str, str]:
+    """`smsagent status` in the container, as its table's rows by name."""
+    shown = container.exec(["smsagent", "status"]).stdout
+    return {
+        name: value.strip()
+        for name, _, value in (line.partition("  ") for line in shown.splitlines())
+    }
+
+
 def polls_continue(emulator: EmulatorProcess) -> None:
     before = poll_count(emulator)
     emulator.wait_for(lambda _: poll_count(emulator) >= before + 2, timeout_s=AGENT_TIMEOUT_S)
@@ -188,6 +197,28 @@ class TestService:
 
         assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
         assert "Watchdog timeout" in log
+
+    def test_status_follows_the_service(
+        self, agent: nspawn.Container, emulator: EmulatorProcess
+    ) -> None:
+        """`smsagent status` says the service is active and the agent runs under its main PID;
+        stopped, that no agent runs, with the time of the last good poll."""
+        agent.exec(["systemctl", "start", UNIT])  # already running: changes nothing
+        polls_continue(emulator)
+        pid = state(agent)["MainPID"]
+
+        running = status_rows(agent)
+        agent.exec(["systemctl", "stop", UNIT])
+        stopped = status_rows(agent)
+        agent.exec(["systemctl", "start", UNIT])  # as the next tests expect it
+
+        assert running["service"] == "active"
+        assert running["agent"].startswith(f"running (pid {pid}), started ")
+        assert running["connection"] == "ok"
+        assert stopped["service"] == "inactive"
+        assert stopped["agent"].startswith("not running; the last one stopped ")
+        assert stopped["connection"] == "none: no agent runs"
+        assert stopped["last good poll"].endswith(" s ago)"), stopped
 
     def test_stops_cleanly_within_the_stop_timeout(self, agent: nspawn.Container) -> None:
         """`systemctl stop` ends the agent itself (no SIGKILL at the timeout), leaving nothing."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
-from smsagent import __version__
+import pytest
+
+from smsagent import __version__, config
 from smsagent.cli import main
 
 
@@ -43,3 +46,23 @@ def test_version_lists_every_handler_with_its_distribution():
     by_name = {line.split()[0]: line for line in lines[1:]}
     assert "STOP" in by_name["stop"] and "smsagent " in by_name["stop"]
     assert "FSCOPY_TEST" in by_name["fscopy"] and "smsagent-fsplugin" in by_name["fscopy"]
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_missing_default_env_file_is_named_first(command, monkeypatch, tmp_path, capsys):
+    """Without the default env file and with nothing in the environment, `run` and `check`
+    both exit 2 with one line that names the missing file before the missing setting."""
+    for name in list(os.environ):
+        if name.startswith("SMSAGENT_"):
+            monkeypatch.delenv(name)
+    absent = tmp_path / "etc" / "smsagent.env"
+    monkeypatch.setattr(config, "DEFAULT_ENV_FILE", absent)
+
+    assert main([command]) == 2
+    out, err = capsys.readouterr()
+
+    prefix = "smsagent" if command == "run" else "smsagent check"
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"{prefix}: env file {absent} does not exist and no --env-file was")
+    assert err.rstrip().endswith("SMSAGENT_ENDPOINT is not set")

@@ -113,6 +113,50 @@ class TestSources:
         assert load_settings(None).disabled_handlers == ["stop", "skip"]
 
 
+class TestEnvFileLines:
+    @pytest.mark.parametrize(
+        ("text", "line"),
+        [
+            ("SMSAGENT_ENDPOINT=https://sms.example.com\nthis is not a setting\n", 2),
+            ("# settings\n\nSMSAGENT_SK='unclosed secret value\n", 3),
+            ("SMSAGENT_AK=a\n\n\n=no-name\n", 4),
+        ],
+    )
+    def test_malformed_line_names_file_and_line(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, line: int
+    ) -> None:
+        """A line that is not NAME=value stops the settings with one line naming the file and
+        the line number (never its text: it may hold a secret), and nothing else warns."""
+        env_file = tmp_path / "smsagent.env"
+        env_file.write_text(text)
+        message = _error(env_file)
+        assert message.startswith(f"env file {env_file} line {line}: not a NAME=value line")
+        assert "secret" not in message and "setting" not in message
+        assert caplog.records == []
+
+    def test_malformed_default_env_file(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """The default env file is held to the same rule when it is read."""
+        default = tmp_path / "default.env"
+        default.write_text("\n".join(f"{k}={v}" for k, v in BASE.items()) + "\nnot a setting\n")
+        monkeypatch.setattr(config, "DEFAULT_ENV_FILE", default)
+        assert _error().startswith(f"env file {default} line 4: ")
+
+    def test_missing_default_env_file_is_named_first(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without the default env file an error names that file before what is missing."""
+        _env(monkeypatch, AKSK)
+        message = _error()
+        assert message.startswith(f"env file {config.DEFAULT_ENV_FILE} does not exist")
+        assert message.endswith("invalid settings: SMSAGENT_ENDPOINT is not set")
+
+    def test_given_env_file_has_no_such_lead(self, tmp_path: Path) -> None:
+        """With an env file read, the error is about the settings alone."""
+        env_file = tmp_path / "smsagent.env"
+        env_file.write_text("\n".join(f"{k}={v}" for k, v in AKSK.items()))
+        assert _error(env_file) == "invalid settings: SMSAGENT_ENDPOINT is not set"
+
+
 class TestValidation:
     @pytest.mark.parametrize(
         ("name", "value", "rule"),
@@ -132,13 +176,13 @@ class TestValidation:
         """A bad value stops start-up with one line naming the variable and the rule."""
         _env(monkeypatch, {**BASE, name: value})
         message = _error()
-        assert message.startswith(f"invalid settings: {name}")
+        assert f"; invalid settings: {name}" in message
         assert rule in message
 
     def test_missing_endpoint(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A missing endpoint is named."""
         _env(monkeypatch, AKSK)
-        assert _error() == "invalid settings: SMSAGENT_ENDPOINT is not set"
+        assert _error().endswith("; invalid settings: SMSAGENT_ENDPOINT is not set")
 
     def test_active_interval_not_longer_than_idle(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Polling faster when idle than when active is refused."""

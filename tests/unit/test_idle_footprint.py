@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-# Imported only once a task's work starts: the movers, the drill, the verification.
+# Imported only once a task's work starts (the movers, the drill, the verification, the block
+# copy) or a log upload is asked for (the bundle, the OBS client).
 WORK_ONLY_MODULES = (
     "smsagent.migration.migrate",
     "smsagent.migration.pipeline",
@@ -17,7 +18,14 @@ WORK_ONLY_MODULES = (
     "smsagent.migration.consistency",
     "smsagent.checks.premigrate",
     "smsagent.checks.drill",
+    "smsagent.commands.logbundle",
+    "smsagent.commands.obsupload",
+    "minio",
     "statistics",
+    "smsagent.migration.block.work",
+    "smsagent.migration.block.engine",
+    "zstandard",
+    "xxhash",
 )
 
 PROBE = """

@@ -72,6 +72,17 @@ LAZY: Final[Mapping[tuple[str, str], str]] = {
     ("smsagent.migration.file_task", "smsagent.migration.migrate"): (
         "an agent waiting for work holds neither the movers nor the drill (test_idle_footprint)"
     ),
+    ("smsagent.migration.block.task", "smsagent.migration.block.work"): (
+        "an agent waiting for work holds neither the block copy nor zstandard and xxhash "
+        "(test_idle_footprint)"
+    ),
+    **{
+        ("smsagent.commands.upload_log", module): (
+            "an agent waiting for work holds neither the log bundle nor the OBS client "
+            "(test_idle_footprint)"
+        )
+        for module in ("smsagent.commands.logbundle", "smsagent.commands.obsupload")
+    },
     **{
         ("smsagent.cli", module): "a subcommand is imported only when it is chosen"
         for module, _ in SUBCOMMANDS.values()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
+from smsagent.agent.health import HealthFile
 from smsagent.agent.machine import State
 from smsagent.agent.store import (
     AGENT,
@@ -16,7 +19,7 @@ from smsagent.agent.store import (
     TaskRecord,
 )
 from smsagent.cli import main
-from smsagent.status import collect, find_state_dir, render
+from smsagent.status import collect, find_state_dir, is_running, render
 
 
 def _populated(tmp_path):
@@ -56,6 +59,7 @@ def test_status_shows_server_task_stage_and_owed_results(tmp_path, capsys):
 def test_text_report_is_readable(tmp_path):
     """The terminal form has one line per fact, with the stage's share done."""
     text = render(collect(_populated(tmp_path)), now_s=30.0)
+    assert text.splitlines()[0].split()[0] == "agent"
     assert "server id" in text and "s-1" in text
     assert "25 % of 1000 bytes" in text
     assert "results owed    1" in text
@@ -70,10 +74,98 @@ def test_unreadable_documents_are_reported_absent(tmp_path, capsys):
     assert (state_dir / "task.json").read_text() == "{not json"
 
 
-def test_missing_state_dir_exits_1(tmp_path, capsys):
-    """A state directory that is not there is said plainly, with exit code 1."""
-    assert main(["status", "--state-dir", str(tmp_path / "nowhere")]) == 1
-    assert "not readable" in capsys.readouterr().err
+def test_missing_state_dir_is_one_line(tmp_path, capsys):
+    """A state directory that is not there is said in one line, with exit code 1, and no
+    table of unknowns before it."""
+    missing = tmp_path / "nowhere"
+    assert main(["status", "--state-dir", str(missing)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"smsagent: state directory {missing} does not exist: no agent has run with it"
+    ]
+
+
+def test_stopped_agent_is_not_running_and_shows_its_last_poll(tmp_path):
+    """With no agent holding the state directory, nothing claims the connection is ok; the
+    last good poll and the last error are shown with their times."""
+    state_dir = _populated(tmp_path)
+    store = Store(state_dir)
+    record = ConnectionRecord(
+        last_ok_at=1_700_000_000.0,
+        last_error_at=1_700_000_100.0,
+        last_error="SMS.0203 cannot reach the endpoint",
+        updated_at=1_700_000_100.0,
+    )
+    store.save(CONNECTION, record)
+    health = HealthFile(state_dir)
+    health.open()
+    health.close()
+
+    report = collect(state_dir)
+    lines = dict(_rows(render(report, now_s=1_700_000_160.0)))
+
+    assert report["agent_running"] is False
+    assert lines["agent"].startswith("not running; the last one stopped ")
+    assert lines["connection"] == "none: no agent runs"
+    assert lines["last good poll"] == "2023-11-14 22:13:20 UTC (160 s ago)"
+    assert lines["last error"] == (
+        "2023-11-14 22:15:00 UTC (60 s ago): SMS.0203 cannot reach the endpoint"
+    )
+
+
+def test_running_agent_says_so_and_how_old_its_record_is(tmp_path):
+    """An agent holding the state directory is running; its last good poll may be newer than
+    the record, and the report says so."""
+    state_dir = _populated(tmp_path)
+    health = HealthFile(state_dir)
+    health.open()
+    try:
+        report = collect(state_dir)
+        lines = dict(_rows(render(report, now_s=30.0)))
+    finally:
+        health.close()
+
+    assert report["agent_running"] is True and report["agent_pid"] == os.getpid()
+    assert lines["agent"].startswith(f"running (pid {os.getpid()}), started ")
+    assert lines["connection"] == "ok"
+    assert lines["last good poll"].endswith("or later (recorded at most every 60 s)")
+
+
+def test_unknown_where_it_cannot_know(tmp_path):
+    """An unreadable connection record is shown as unknown, not as no error."""
+    state_dir = _populated(tmp_path)
+    (state_dir / "connection.json").write_text("{broken")
+    lines = dict(_rows(render(collect(state_dir), now_s=30.0)))
+    assert lines["last good poll"] == "unknown"
+    assert lines["last error"] == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("holds_lock", "unit", "running"),
+    [
+        (True, None, True),
+        (False, None, False),
+        (None, None, None),
+        (False, "inactive", False),
+        (False, "failed", False),
+        (False, "activating", None),
+        (None, "active", True),
+        (None, "inactive", None),
+    ],
+)
+def test_running_from_the_lock_and_the_unit(holds_lock, unit, running):
+    """The lock decides when it can be tested; the unit only fills in, and disagreement is
+    unknown."""
+    assert is_running(holds_lock, unit) is running
+
+
+def _rows(text):
+    """`name  value` lines as (name, value) pairs (names have single spaces, values start
+    after two)."""
+    for line in text.splitlines():
+        name, _, value = line.partition("  ")
+        yield name, value.strip()
 
 
 def test_state_dir_comes_from_the_env_file(tmp_path):

@@ -88,7 +88,7 @@ class TestInstalled:
         assert registry.resolve(start) is registry.for_task_type("FSCOPY_TEST")
         skip = CommandEnvelope(CommandName.SKIP, Action.skip_stage, 1, "t1", "FSCOPY_TEST")
         assert isinstance(registry.resolve(skip), SkipHandler)
-        unknown = CommandEnvelope(CommandName.START, Action.start_task, 1, "t1", "MIGRATE_BLOCK")
+        unknown = CommandEnvelope(CommandName.START, Action.start_task, 1, "t1", "MIGRATE_WINDOWS")
         assert registry.resolve(unknown) is None
 
     def test_same_distribution_twice_on_the_path(self) -> None:

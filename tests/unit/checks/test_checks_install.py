@@ -13,16 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from smsagent.agent.statedir import STATE_DIR_UNUSABLE, StateDirError, require_usable_state_dir
+from smsagent.agent.preflight import HANDLERS_BROKEN, Blocked, local_preflight
+from smsagent.agent.statedir import STATE_DIR_UNUSABLE
 from smsagent.api.enums import CheckResult
 from smsagent.checks.install import (
-    HANDLERS_BROKEN,
     INSECURE_FILE,
     env_file_check,
     handlers_check,
     permission_problems,
-    state_dir_check,
 )
+from smsagent.checks.install import state_dir_check as check_of_preflight
+from smsagent.checks.model import Check
 from tests.support.emulator import free_port
 from tests.support.mounts import tmpfs
 
@@ -44,10 +45,15 @@ def read_only_tmpfs(mount_point: Path) -> Iterator[Path]:
 
 
 def _problem(state_dir: Path) -> str:
-    """The sentence `smsagent run` stops on."""
-    with pytest.raises(StateDirError) as raised:
-        require_usable_state_dir(state_dir)
+    """The sentence `smsagent run` stops on (the service calls `require` before it opens
+    anything)."""
+    with pytest.raises(Blocked) as raised:
+        local_preflight(state_dir, ()).require()
     return str(raised.value)
+
+
+def state_dir_check(state_dir: Path) -> Check:
+    return check_of_preflight(local_preflight(state_dir, ()))
 
 
 class TestPermissionProblems:
@@ -220,15 +226,15 @@ class TestStateDir:
 
 
 class TestHandlers:
-    def test_installed_handlers_load(self) -> None:
+    def test_installed_handlers_load(self, tmp_path: Path) -> None:
         """The installed handlers load, and the check lists them with their distribution."""
-        check = handlers_check(())
+        check = handlers_check(local_preflight(tmp_path, ()))
         assert check.result is OK
         handlers = check.details["handlers"]
         assert isinstance(handlers, list) and any("stop (smsagent " in h for h in handlers)
 
-    def test_required_handler_cannot_be_disabled(self) -> None:
+    def test_required_handler_cannot_be_disabled(self, tmp_path: Path) -> None:
         """Disabling the STOP handler is ERROR naming it."""
-        check = handlers_check(["stop"])
+        check = handlers_check(local_preflight(tmp_path, ["stop"]))
         assert (check.result, check.error_code) == (ERROR, HANDLERS_BROKEN)
         assert "STOP" in check.reason

@@ -150,10 +150,12 @@ class ProgressReporter(Protocol):
         *,
         force: bool = False,
         bytes_sent: Optional[int] = None,
+        compress_percent: Optional[float] = None,
     ) -> None:
         """Progress of `stage`; sent at once with `force` (stage start and end), else at most
         every `progress_interval`, latest wins. `bytes_sent` is what the stage has sent so far
-        (the rate comes from it alone); None for a stage that sends no data."""
+        (the rate comes from it alone); None for a stage that sends no data. `compress_percent`
+        is how much compression saved of the data sent (block level), if known."""
 
 
 class TaskLedger(Protocol):

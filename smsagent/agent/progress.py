@@ -49,6 +49,7 @@ class Figures:
     bytes_total: int
     at_s: float
     bytes_sent: Optional[int] = None
+    compress_percent: Optional[float] = None
 
 
 def percent(bytes_done: int, bytes_total: int) -> int:
@@ -130,13 +131,16 @@ class TaskProgress:
         *,
         force: bool = False,
         bytes_sent: Optional[int] = None,
+        compress_percent: Optional[float] = None,
     ) -> None:
         """Record the newest figures; they are sent by the sender task.
 
         `bytes_sent` counts what the stage has sent so far (None: the stage sends no data, and
         no rate is shown).
         """
-        figures = Figures(stage, bytes_done, bytes_total, self._monotonic(), bytes_sent)
+        figures = Figures(
+            stage, bytes_done, bytes_total, self._monotonic(), bytes_sent, compress_percent
+        )
         if self._latest is not None and self._latest.stage != stage:
             self._rate = RateMeter()
         if bytes_sent is not None:
@@ -192,6 +196,9 @@ class TaskProgress:
             totalsize=max(figures.bytes_total, 0),
             process_trace=process_trace(figures, rate_bytes_s),
             migrate_speed=round(rate_bytes_s * 8 / BITS_PER_MBIT, 3),
+            compress_rate=(
+                None if figures.compress_percent is None else round(figures.compress_percent, 1)
+            ),
             remain_time=int(remaining / rate_bytes_s) if rate_bytes_s > 0 else None,
             total_cpu_usage=usage.total_cpu_pct,
             agent_cpu_usage=usage.agent_cpu_pct,

@@ -26,7 +26,12 @@ from smsagent.agent.handler_api import (
 )
 from smsagent.api.client import SmsClient
 from smsagent.api.errors import ErrorAction, SmsError
-from smsagent.api.models import SetConsistencyResultRequestBody, SpeedLimitWindow, Task
+from smsagent.api.models import (
+    SetConsistencyResultRequestBody,
+    ShowCertKeyResponse,
+    SpeedLimitWindow,
+    Task,
+)
 from smsagent.checks.drill import TASK_KEY_MISSING
 from smsagent.checks.premigrate import run_premigrate
 from smsagent.checks.target import TARGET_NO_ADDRESS
@@ -67,7 +72,7 @@ async def handle_command(
         task = command.task
         if task is None:
             task_id = command.task_id or ""
-            task = await _sms_call(ctx, options, lambda: ctx.client.show_task(task_id))
+            task = await sms_call(ctx, options, lambda: ctx.client.show_task(task_id))
         if command.action is Action.run_premigrate:
             return await run_premigrate(ctx, dataclasses.replace(command, task=task))
         return await _Migration(ctx, task, options).run(command.action)
@@ -80,13 +85,13 @@ async def handle_command(
         PathListError,
         SmsError,
     ) as exc:
-        code, message = _reason(exc)
+        code, message = failure_reason(exc)
         ctx.log.warning("migration_failed", error_code=code, error=message)
         state = State.idle if command.action is Action.run_premigrate else State.failed
         return HandlerOutcome.failure(code, message, next_state=state)
 
 
-def _reason(exc: Exception) -> tuple[str, str]:
+def failure_reason(exc: Exception) -> tuple[str, str]:
     """The SMS error code and message of an expected failure."""
     if isinstance(exc, (RsyncError, TargetError, PrepareError, ConfigureError)):
         return exc.error_code, scrub(exc.message)
@@ -95,13 +100,13 @@ def _reason(exc: Exception) -> tuple[str, str]:
     return ERROR_SETTING, scrub(str(exc))
 
 
-async def _pause(ctx: HandlerContext, delay_s: float) -> None:
+async def pause(ctx: HandlerContext, delay_s: float) -> None:
     """Wait `delay_s`, or raise `WorkCancelled` as soon as the work is asked to stop."""
     if await wait_any(ctx.cancel, timeout_s=delay_s):
         ctx.cancel.raise_if_cancelled()
 
 
-async def _sms_call(
+async def sms_call(
     ctx: HandlerContext, options: MigrateOptions, call: Callable[[], Awaitable[T]]
 ) -> T:
     """Make an SMS call, trying again after a retryable error."""
@@ -113,7 +118,7 @@ async def _sms_call(
             if exc.action not in _RETRIED or attempt >= options.sms_attempts:
                 raise
             ctx.log.warning("sms_call_retry", attempt=attempt, error=str(exc))
-        await _pause(ctx, options.sms_retry_delay_s)
+        await pause(ctx, options.sms_retry_delay_s)
         attempt += 1
 
 
@@ -157,6 +162,41 @@ def destination_root(target_root: str) -> str:
         )
         raise SettingError(msg)
     return "/" + root.lstrip("/")
+
+
+async def open_target(
+    ctx: HandlerContext, task: Task, options: MigrateOptions
+) -> tuple[TargetSession, ShowCertKeyResponse]:
+    """An SSH session to the task's target with the task key (stored 0600), and the task's
+    certkey answer it came in (block tasks take their TLS material from it too).
+
+    Raises:
+        TargetError: the task names no usable address, or SMS gave no key.
+    """
+    settings = ctx.settings
+    address = target_address(task)
+    if address is None:
+        raise TargetError(TARGET_NO_ADDRESS, "the task names no target address (migration_ip)")
+    try:
+        check_host(address)
+    except ValueError as exc:
+        raise TargetError(TARGET_NO_ADDRESS, str(exc)) from exc
+    answer = await sms_call(ctx, options, lambda: ctx.client.show_cert_key(task.id))
+    if not answer.private_key:
+        raise TargetError(TASK_KEY_MISSING, "SMS returned no private key for the task")
+    try:
+        paths = store_private_key(settings.state_dir, task.id, answer.private_key)
+    except (OSError, ValueError) as exc:
+        raise TargetError(TASK_KEY_MISSING, f"the task key cannot be stored: {exc}") from exc
+    session = TargetSession(
+        address,
+        settings.ssh_port,
+        paths.private_key,
+        paths.known_hosts,
+        connect_timeout_s=settings.connect_timeout,
+        task_id=task.id,
+    )
+    return session, answer
 
 
 @dataclass(frozen=True)
@@ -264,32 +304,11 @@ class _Migration:
         noticeable part of a short sync), starts only where the target root exists, and its
         failures carry the SMS codes of the SSH errors.
         """
-        settings = self._ctx.settings
-        address = target_address(self._task)
-        if address is None:
-            raise TargetError(TARGET_NO_ADDRESS, "the task names no target address (migration_ip)")
-        try:
-            check_host(address)
-        except ValueError as exc:
-            raise TargetError(TARGET_NO_ADDRESS, str(exc)) from exc
-        answer = await self._sms(lambda: client.show_cert_key(self._task.id))
-        if not answer.private_key:
-            raise TargetError(TASK_KEY_MISSING, "SMS returned no private key for the task")
-        try:
-            paths = store_private_key(settings.state_dir, self._task.id, answer.private_key)
-        except (OSError, ValueError) as exc:
-            raise TargetError(TASK_KEY_MISSING, f"the task key cannot be stored: {exc}") from exc
-        return TargetSession(
-            address,
-            settings.ssh_port,
-            paths.private_key,
-            paths.known_hosts,
-            connect_timeout_s=settings.connect_timeout,
-            task_id=self._task.id,
-        )
+        session, _ = await open_target(self._ctx, self._task, self._options)
+        return session
 
     async def _sms(self, call: Callable[[], Awaitable[T]]) -> T:
-        return await _sms_call(self._ctx, self._options, call)
+        return await sms_call(self._ctx, self._options, call)
 
     # -- stages --
 
@@ -334,7 +353,7 @@ class _Migration:
                 return HandlerOutcome.success(message, next_state=State.replicated, detail=detail)
             if disks is not None:
                 await disks.release()
-            await _pause(self._ctx, self._ctx.settings.sync_interval)
+            await pause(self._ctx, self._ctx.settings.sync_interval)
             prepared = await self._prepare_again(prepared)
             if disks is not None:
                 await disks.mount()

@@ -11,10 +11,11 @@ the same file systems again (`remount`) instead of making new ones.
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import re
 import shlex
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Final, Optional
 
@@ -71,6 +72,15 @@ _MKFS: Final[dict[str, tuple[str, ...]]] = {
     "swap": ("mkswap",),
 }
 
+
+# Growing a mounted file system to its volume: ext* by device, the others by mount point.
+_GROW: Final[dict[str, tuple[str, ...]]] = {
+    "ext2": ("resize2fs",),
+    "ext3": ("resize2fs",),
+    "ext4": ("resize2fs",),
+    "xfs": ("xfs_growfs",),
+    "btrfs": ("btrfs", "filesystem", "resize", "max"),
+}
 
 # What the configure stage binds into the tree (/dev, /proc, /sys, /run) mounts as.
 _PSEUDO_FS: Final = frozenset(
@@ -155,8 +165,11 @@ def _bootable(disk: Disk) -> Optional[Partition]:
     return None
 
 
-def build_steps(layout: TargetLayout) -> list[Step]:
-    """The commands that lay `layout` out, in order, after the checks passed (pure)."""
+def build_steps(layout: TargetLayout, *, filesystems: bool = True) -> list[Step]:
+    """The commands that lay `layout` out, in order, after the checks passed (pure).
+
+    Without `filesystems` (a block-level copy brings them) only swap is made.
+    """
     steps: list[Step] = []
     for disk in layout.disks:
         # Whatever the disk held before: file system, RAID and LVM signatures, partition tables.
@@ -206,14 +219,13 @@ def build_steps(layout: TargetLayout) -> list[Step]:
                 )
             )
     for volume in layout.volumes():
+        if not filesystems and not volume.fs.is_swap:
+            continue
         mkfs = _MKFS[volume.fs.fstype]
         steps.append(
             Step((*mkfs, volume.device), f"{volume.fs.fstype} on {volume.device}", MKFS_TIMEOUT_S)
         )
     return steps
-
-
-Runner = Callable[[Sequence[str], float], Awaitable[CompletedRemote]]
 
 
 class TargetPreparer:
@@ -254,8 +266,11 @@ class TargetPreparer:
         source = root.stdout.decode("utf-8", "replace").strip() if root.ok else ""
         return TargetDevices(roots, groups, source or None)
 
-    async def prepare(self, layout: TargetLayout) -> PreparedTarget:
+    async def prepare(self, layout: TargetLayout, *, filesystems: bool = True) -> PreparedTarget:
         """Check every disk, then lay the layout out and mount it.
+
+        Without `filesystems` (a block-level copy brings them) only partitions, LVM and swap are
+        made and nothing is mounted; `adopt` reads the copied file systems' UUIDs afterwards.
 
         Raises:
             PrepareError: a disk is refused (nothing written), or a step failed.
@@ -267,20 +282,21 @@ class TargetPreparer:
         if refusals:
             raise PrepareError(refusals[0].code, refusal_message(refusals))
         await self._release_old_groups(layout, devices)
-        for step in build_steps(layout):
+        for step in build_steps(layout, filesystems=filesystems):
             self._checkpoint()
             if self._log is not None:
                 self._log.info("target_prepare_step", step=step.what)
             await self._must(step.argv, step.what, step.timeout_s)
             if step.what.startswith("partition "):
                 await self._wait_for_partitions(layout, step.argv[-1])
-        uuids = await self._uuids([v.device for v in layout.volumes()])
+        made = [v.device for v in layout.volumes() if filesystems or v.fs.is_swap]
+        uuids = await self._uuids(made)
         volumes = tuple(
             PreparedVolume(
                 device=v.device,
                 fstype=v.fs.fstype,
                 mount_point=v.fs.mount_point,
-                uuid=uuids[v.device],
+                uuid=uuids.get(v.device, ""),
                 source_uuid=v.fs.source_uuid,
             )
             for v in layout.volumes()
@@ -292,8 +308,43 @@ class TargetPreparer:
             volumes=volumes,
             volume_groups=tuple(g.name for g in layout.volume_groups),
         )
-        await self.mount(prepared)
+        if filesystems:
+            await self.mount(prepared)
         return prepared
+
+    async def activate(self, prepared: PreparedTarget) -> None:
+        """Activate the prepared LVM groups (after a restart of the target, say)."""
+        for group in prepared.volume_groups:
+            await self._must(("vgchange", "--activate", "y", group), f"activate {group}")
+
+    async def adopt(self, prepared: PreparedTarget) -> PreparedTarget:
+        """The prepared target with the UUIDs of the file systems a block copy brought.
+
+        Raises:
+            PrepareError: a volume holds no file system after the copy.
+        """
+        await self.activate(prepared)
+        uuids = await self._uuids([v.device for v in prepared.volumes])
+        volumes = tuple(dataclasses.replace(v, uuid=uuids[v.device]) for v in prepared.volumes)
+        return dataclasses.replace(prepared, volumes=volumes)
+
+    async def grow(self, prepared: PreparedTarget) -> list[str]:
+        """Grow each mounted file system to its volume's size; returns what was grown.
+
+        Online, on the mounted tree: no file system check is needed first, and a file system
+        already as large as its volume is left as it is.
+        """
+        grown: list[str] = []
+        for volume in prepared.mounts():
+            self._checkpoint()
+            where = self._path(volume.mount_point or "/")
+            argv = _GROW.get(volume.fstype)
+            if argv is None:
+                continue
+            target = volume.device if volume.fstype.startswith("ext") else where
+            await self._must((*argv, target), f"grow {volume.device}", MKFS_TIMEOUT_S)
+            grown.append(volume.device)
+        return grown
 
     async def remount(self, prepared: PreparedTarget) -> None:
         """Mount what an earlier run prepared, after checking it is still what was made.
@@ -301,8 +352,7 @@ class TargetPreparer:
         Raises:
             PrepareError: a volume is gone or holds another file system (TARGET_CHANGED).
         """
-        for group in prepared.volume_groups:
-            await self._must(("vgchange", "--activate", "y", group), f"activate {group}")
+        await self.activate(prepared)
         uuids = await self._uuids([v.device for v in prepared.volumes], missing_ok=True)
         for volume in prepared.volumes:
             found = uuids.get(volume.device)

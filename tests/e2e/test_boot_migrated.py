@@ -76,10 +76,16 @@ async def migration(
 
 
 def boot_target(
-    devices: list[str], firmware: str, prepared: PreparedTarget, log: Path
+    devices: list[str],
+    firmware: str,
+    prepared: PreparedTarget,
+    log: Path,
+    *,
+    snapshot: bool = False,
 ) -> qemuboot.BootResult:
-    """Boot the target's disks (unmounted by the agent) and check what a user would."""
-    result = qemuboot.boot(devices, firmware, log_path=log)
+    """Boot the target's disks (unmounted by the agent) and check what a user would; with
+    `snapshot` the boot's writes go to a scratch layer and the disks stay as they are."""
+    result = qemuboot.boot(devices, firmware, log_path=log, snapshot=snapshot)
     failure = qemuboot.failure_message(result)
     checks = result.checks
     assert result.reason == "done", failure

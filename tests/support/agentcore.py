@@ -76,6 +76,7 @@ class ProgressLog:
         *,
         force: bool = False,
         bytes_sent: Optional[int] = None,
+        compress_percent: Optional[float] = None,
     ) -> None:
         self.reports.append(Report(stage, bytes_done, bytes_total, force))
         for threshold, event in self._waiters:

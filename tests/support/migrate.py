@@ -47,9 +47,11 @@ from smsagent.api.models import (
     SpeedLimitWindow,
 )
 from smsagent.config import Settings
+from smsagent.migration.block.task import MigrateBlockHandler
 from smsagent.migration.file_task import MigrateFileHandler
 from smsagent.migration.options import TASK_TYPE, MigrateOptions
 from tests.support.agentcore import StoreTasks, agent_settings, settle_in_store
+from tests.support.blocktls import CertKey, ssh_public_key
 from tests.support.emulator import EmulatorProcess
 from tests.support.target import TargetHost
 from tests.support.treecompare import compare_trees, rsync_differences
@@ -95,6 +97,7 @@ class MigrationRig:
     work: Optional[asyncio.Task[HandlerOutcome]] = None
     _work_settled: bool = False
     _progress: Optional[TaskProgress] = None
+    task_type: str = TASK_TYPE
 
     # -- the task, as the console sets it up --
 
@@ -105,9 +108,23 @@ class MigrationRig:
             "target_server": {"name": "target", "ip": self.target.ip},
         }
         body.update(fields)
+        self.task_type = str(body.get("type", TASK_TYPE))
         self.task_id = self.emulator.create_task(self.source_id, **body)
         self.emulator.set_cert_key(self.task_id, private_key=self.target.client_private_key_pem)
         return self.task_id
+
+    def create_block_task(self, certkey: CertKey, **fields: Any) -> str:
+        """Create a MIGRATE_BLOCK task whose certkey carries the data channel's certificates.
+
+        The task's one private key is also its SSH key (as SMS hands out one): the target is
+        told to accept it.
+        """
+        task_id = self.create_task(type="MIGRATE_BLOCK", **fields)
+        public = ssh_public_key(certkey.private_key, self.settings.state_dir.parent)
+        with self.target.authorized_keys.open("a") as keys:
+            keys.write(public + "\n")
+        self.emulator.set_cert_key(task_id, **certkey.fields())
+        return task_id
 
     async def configure(self, **values: str) -> None:
         """Set configuration settings (`NUM_PROCESS_MIGRATE="2"`, ...) as the console does."""
@@ -136,14 +153,15 @@ class MigrationRig:
         record = self.record()
         task = await self.client.show_task(self.task_id)
         envelope = CommandEnvelope(
-            command, action, record.command_seq, self.task_id, TASK_TYPE, task
+            command, action, record.command_seq, self.task_id, self.task_type, task
         )
+        handler = self.handler if self.task_type == TASK_TYPE else MigrateBlockHandler(FAST_OPTIONS)
         self._progress = TaskProgress(self.client, self.task_id, self.settings.progress_interval)
         progress = self._progress
         self._work_settled = False
         self.work = self.slot.start(
             self.task_id,
-            lambda token: invoke(self.handler, self._context(token, progress), envelope),
+            lambda token: invoke(handler, self._context(token, progress), envelope),
         )
 
     async def stop(self) -> HandlerOutcome:
@@ -242,7 +260,7 @@ class MigrationRig:
         record = self.store.load(TASK).value
         if record is None or record.task_id != self.task_id:
             # A new task replaces the old one, as the machine's other-task rules decide.
-            record = TaskRecord.new(self.task_id, TASK_TYPE, time.time())
+            record = TaskRecord.new(self.task_id, self.task_type, time.time())
         decision = decide(record.state, command)
         decided = record.apply(decision, command, time.time())
         self.store.save(TASK, decided)
@@ -254,7 +272,7 @@ class MigrationRig:
             outcome = HandlerOutcome(decision.result, decision.next_state)
         else:
             envelope = CommandEnvelope(
-                command, decision.action, record.command_seq, self.task_id, TASK_TYPE
+                command, decision.action, record.command_seq, self.task_id, self.task_type
             )
             ctx = self._context(CancelToken(), TaskProgress(self.client, self.task_id, 1.0))
             outcome = await invoke(self.registry.resolve(envelope), ctx, envelope)

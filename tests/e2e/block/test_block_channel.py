@@ -408,3 +408,33 @@ def receiver_pid(host: TargetHost) -> int:
         if b"python3" in cmdline and b"smsagent-block-receiver" in cmdline:
             return pid
     raise AssertionError("no receiver runs on the target")
+
+
+def test_a_sync_after_the_target_was_written_restores_the_source(
+    rig: Rig, target_session: TargetSession, target_host: TargetHost
+) -> None:
+    """What the target's own tools wrote (configure: new files, files replaced, files edited in
+    place) is found by the target's digests and sent again, so the next pass ends with the
+    target's allocated blocks those of the source."""
+    table = rig.table()
+    copy_frozen(rig, channel(rig, target_session), table)
+    tree = rig.lab.mount(rig.target, "target-rw")
+    blockdev.write_files(tree, 3, 300 * 1024, seed="configure")  # replaced
+    (tree / "data" / "new-file.bin").write_bytes(os.urandom(2 * MIB))  # new
+    first = sorted((tree / "data").iterdir())[5]
+    with first.open("r+b") as handle:  # edited in place
+        handle.write(b"edited by the target")
+    rig.lab.unmount(tree)
+
+    async def reconcile() -> int | None:
+        chan = channel(rig, target_session)
+        try:
+            return await chan.reconcile(rig.volume(table))
+        finally:
+            await chan.close()
+
+    forgotten = asyncio.run(reconcile())
+    assert forgotten is not None and forgotten > 0
+    blockdev.write_files(rig.source_root, 2, 100 * 1024, seed="source-changed")
+    copy_frozen(rig, channel(rig, target_session), table)
+    assert_identical(rig)

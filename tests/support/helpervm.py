@@ -409,6 +409,9 @@ class HelperVM:
     guest's ssh, rsync and checksums then pick AVX2 code (rsync over ssh: 9 MB/s against 6)."""
     ip: str = "127.0.0.1"
     port: int = 0
+    data_port: int = 0
+    """A second loopback port forwarded to the same port in the VM (a block receiver's data
+    port); 0 for none."""
     root: str = TARGET_ROOT
     boot_seconds: float = 0.0
     """How long from starting qemu until the first SSH command succeeded."""
@@ -501,7 +504,10 @@ class HelperVM:
                 f"file={_qemu_quote(disk)},format=raw,if=none,id=target{index},cache=none",
             ]
             argv += ["-device", f"virtio-blk-pci,drive=target{index},serial=smstarget{index}"]
-        argv += ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.port}-:22"]
+        forwards = f"hostfwd=tcp:127.0.0.1:{self.port}-:22"
+        if self.data_port:
+            forwards += f",hostfwd=tcp:127.0.0.1:{self.data_port}-:{self.data_port}"
+        argv += ["-netdev", f"user,id=net0,{forwards}"]
         argv += ["-device", "virtio-net-pci,netdev=net0", "-device", "virtio-rng-pci"]
         return argv
 
@@ -652,8 +658,12 @@ def helper_vm(
     cpu: str = "qemu64",
     boot_timeout_s: float = 240.0,
     cache_dir: Path = DEFAULT_CACHE_DIR,
+    data_port: bool = False,
 ) -> Iterator[HelperVM]:
     """A booted helper VM with `disks` attached as /dev/vdb, /dev/vdc...; killed on exit.
+
+    With `data_port`, a second loopback port is forwarded to the same port in the VM
+    (`vm.data_port`), where a block receiver can listen.
 
     Leaving the block normally does not power the VM off: call `shutdown()` first when what it
     wrote to the disks matters (the exit's SIGTERM still has qemu close them, but the guest
@@ -673,6 +683,7 @@ def helper_vm(
         image=image,
         memory_mib=memory_mib,
         cpu=cpu,
+        data_port=_free_port() if data_port else 0,
     )
     try:
         vm.start(boot_timeout_s)

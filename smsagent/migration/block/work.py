@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -393,7 +394,13 @@ class _BlockMigration:
         `frozen` (a point in time), `unmounted` (nothing writes to the volumes), or `live` (the
         freeze failed, or no pass fitted in the limit: the copy is as after a crash, which the
         file systems' journals repair at the first mount)."""
-        mount_points = [v.mounted_at for v in volumes if v.mounted_at is not None]
+        # A file system mounted read-only does not change: it needs no freeze (and one through
+        # FUSE could not have one).
+        mount_points = [
+            v.mounted_at
+            for v in volumes
+            if v.mounted_at is not None and not _read_only(v.mounted_at)
+        ]
         if not mount_points:
             return "unmounted"
         limit_s = self._ctx.settings.block_freeze_max
@@ -516,6 +523,13 @@ class _Reporter:
         await ctx.update_task(
             lambda r: r.record_progress(self._stage.value, covered, self._total, now_s, resume)
         )
+
+
+def _read_only(mount_point: str) -> bool:
+    try:
+        return bool(os.statvfs(mount_point).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _used_map(volume: BlockVolume) -> UsedMap:

@@ -9,6 +9,7 @@ import pwd
 import signal
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, Optional
 
@@ -42,6 +43,23 @@ def minimal_env(path: str = DEFAULT_PATH) -> dict[str, str]:
 
 
 MOVER_TAG: Final = "SMSAGENT_MOVER_TASK"
+
+# Puts itself into a cgroup, then becomes the mover: the shell writes its own pid ($$, which
+# exec keeps) to `cgroup.procs`, so the mover and every child it starts (ssh) are born inside,
+# before any data moves. Python 3.9 cannot start a child in a cgroup (no clone3 with
+# CLONE_INTO_CGROUP), writing the pid after the start would let the first reads escape the limit,
+# and a preexec_fn is not safe in a process that runs threads. The script is fixed; the path and
+# the mover's argv are its arguments, never parsed by the shell.
+CGROUP_TRAMPOLINE: Final = 'echo "$$" > "$1" || exit 126; shift; exec "$@"'
+TRAMPOLINE_SHELL: Final = "/bin/sh"
+
+
+def in_cgroup(argv: Sequence[str], cgroup_procs: Optional[Path]) -> list[str]:
+    """`argv` started through `CGROUP_TRAMPOLINE` so that it runs in the cgroup whose
+    `cgroup.procs` is given; `argv` as it is when None."""
+    if cgroup_procs is None:
+        return list(argv)
+    return [TRAMPOLINE_SHELL, "-c", CGROUP_TRAMPOLINE, "smsagent-mover", str(cgroup_procs), *argv]
 
 
 def mover_env(task_id: str) -> dict[str, str]:

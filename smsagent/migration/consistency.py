@@ -256,6 +256,7 @@ async def _verify_one(
     policy: RetryPolicy,
     stop: asyncio.Event,
     grace_s: float,
+    cgroup: Optional[Path],
 ) -> tuple[Tally, RsyncResult]:
     tally = Tally()
     result = await run_rsync_with_retries(
@@ -266,6 +267,7 @@ async def _verify_one(
         kind=PassKind.sync,
         on_record=tally.feed,
         on_retry=lambda *_: tally.reset(),
+        cgroup=cgroup,
     )
     return tally, result
 
@@ -277,11 +279,13 @@ async def verify(
     policy: RetryPolicy,
     stop: asyncio.Event,
     grace_s: float,
+    cgroup: Optional[Path] = None,
 ) -> VerifyReport:
     """Compare each directory of `plan` on the source and on the target (through `target`;
     None compares with a local directory).
 
     Setting `stop` ends the verification early (`stopped`, with the directories done so far).
+    `cgroup` is the `cgroup.procs` its rsync runs in (the task's resource limits).
 
     Raises:
         RsyncError: the comparison could not be made (SMS code inside).
@@ -294,7 +298,9 @@ async def verify(
             log.warning("consistency_directory_missing", directory=directory)
             results.append(ConsistencyResult(dir_check=directory, **_ZERO_COUNTS))
             continue
-        tally, result = await _verify_one(job, target, policy=policy, stop=stop, grace_s=grace_s)
+        tally, result = await _verify_one(
+            job, target, policy=policy, stop=stop, grace_s=grace_s, cgroup=cgroup
+        )
         if result.cancelled:
             return VerifyReport(tuple(results), stopped=True, bytes_compared=compared)
         results.append(tally.result(directory))

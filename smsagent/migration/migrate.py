@@ -11,6 +11,7 @@ import dataclasses
 import posixpath
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Final, Optional, TypeVar
 
 from pydantic import JsonValue
@@ -42,6 +43,7 @@ from smsagent.log import scrub
 from smsagent.migration.consistency import VerifyReport, plan_verification, verify
 from smsagent.migration.disk_stages import CONFIGURE_STAGE, DiskStages
 from smsagent.migration.excludes import PathListError
+from smsagent.migration.mover_limits import MoverLimits
 from smsagent.migration.options import (
     ERROR_SETTING,
     ERROR_SMS_UNREACHABLE,
@@ -226,6 +228,7 @@ class _Migration:
             grace_s=ctx.settings.stop_grace,
             save_interval_s=options.save_interval_s,
         )
+        self._mover_limits = MoverLimits()
 
     async def run(self, action: Action) -> HandlerOutcome:
         """Prepare, then replicate (start, resume) or sync."""
@@ -403,9 +406,10 @@ class _Migration:
         await self._ctx.progress.report(
             stage, min(start_bytes, total), total, force=True, bytes_sent=0
         )
-        runner = PassRunner(
-            self._ctx, spec, prepared.target, prepared.limits, self._pass_options, start_bytes
+        options = dataclasses.replace(
+            self._pass_options, mover_cgroup=await self._mover_cgroup(prepared)
         )
+        runner = PassRunner(self._ctx, spec, prepared.target, prepared.limits, options, start_bytes)
         summary = await runner.run()
         await self._finish(stage.value, total)
         await self._ctx.progress.report(
@@ -418,6 +422,12 @@ class _Migration:
             **summary.detail(),
         )
         return summary
+
+    async def _mover_cgroup(self, prepared: _Prepared) -> Optional[Path]:
+        """The task's resource limits, as read for this pass, put in force for its movers."""
+        source = prepared.source
+        paths = [posixpath.join(source.source_root, p) for p in source.filesystem_paths]
+        return await asyncio.to_thread(self._mover_limits.apply, prepared.settings.limits, paths)
 
     async def _verify(self, prepared: _Prepared) -> Optional[VerifyReport]:
         """The verification stage; None when the task turns it off or it was done before."""
@@ -443,6 +453,7 @@ class _Migration:
                 policy=self._pass_options.retry,
                 stop=stop,
                 grace_s=self._pass_options.grace_s,
+                cgroup=await self._mover_cgroup(prepared),
             )
         finally:
             watcher.cancel()

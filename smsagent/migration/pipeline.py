@@ -18,6 +18,7 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Optional
 
 from smsagent.agent.handler_api import HandlerContext
@@ -109,12 +110,15 @@ class PassOptions:
         grace_s: how long rsync may wind down after SIGTERM before its group is killed.
         save_interval_s: how often the stage's progress is written to the task record.
         report_interval_s: how often the progress is passed to the reporter.
+        mover_cgroup: the `cgroup.procs` the movers start in (the task's resource limits);
+            None: the agent's own cgroup.
     """
 
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     grace_s: float = 20.0
     save_interval_s: float = 5.0
     report_interval_s: float = 0.5
+    mover_cgroup: Optional[Path] = None
 
 
 @dataclass(frozen=True)
@@ -330,6 +334,7 @@ class PassRunner:
                     grace_s=self._options.grace_s,
                     kind=self._spec.kind,
                     on_retry=lambda *_: self._on_retry(index),
+                    cgroup=self._options.mover_cgroup,
                 )
             finally:
                 waker.cancel()

@@ -10,14 +10,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Final, Optional
 
 import structlog
 
-from smsagent.childproc import LineTail, drain_into, end_group, minimal_env, stop_process
+from smsagent.childproc import (
+    LineTail,
+    drain_into,
+    end_group,
+    in_cgroup,
+    minimal_env,
+    stop_process,
+)
 from smsagent.migration.rsync_argv import (
     DEFAULT_IO_TIMEOUT_S,
     PARTIAL_DIR,
@@ -195,6 +204,7 @@ async def run_rsync(
     grace_s: float = DEFAULT_GRACE_S,
     kind: PassKind = PassKind.migrate,
     on_record: Optional[RecordCallback] = None,
+    cgroup: Optional[Path] = None,
 ) -> RsyncResult:
     """Run one rsync pass to its end, or until `cancel` is set, and say how it ended.
 
@@ -209,18 +219,24 @@ async def run_rsync(
         env: the child's whole environment; default `minimal_env()`.
         on_record: called with every stdout record that is not progress (e.g. itemized
             changes), from the event loop.
+        cgroup: the `cgroup.procs` of the cgroup rsync (and its ssh) must run in, from its
+            first instruction on.
 
     Raises:
         RsyncError: rsync is not installed (SMS.6517).
     """
     started_at = time.monotonic()
+    child_env = dict(env) if env is not None else minimal_env()
     try:
+        if cgroup is not None and shutil.which(argv[0], path=child_env.get("PATH")) is None:
+            # Started through the cgroup trampoline, a missing rsync would be a shell's exit.
+            raise FileNotFoundError(argv[0])
         proc = await asyncio.create_subprocess_exec(
-            *argv,
+            *in_cgroup(argv, cgroup),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=dict(env) if env is not None else minimal_env(),
+            env=child_env,
             start_new_session=True,
         )
     except FileNotFoundError as exc:
@@ -310,6 +326,7 @@ async def run_rsync_with_retries(
     on_retry: Optional[RetryCallback] = None,
     rng: Optional[random.Random] = None,
     on_record: Optional[RecordCallback] = None,
+    cgroup: Optional[Path] = None,
 ) -> RsyncResult:
     """Run a pass, running it again after retryable failures (the partial files are reused).
 
@@ -330,6 +347,7 @@ async def run_rsync_with_retries(
             grace_s=grace_s,
             kind=kind,
             on_record=on_record,
+            cgroup=cgroup,
         )
         exit_class = result.outcome.exit_class
         if exit_class is ExitClass.fatal:

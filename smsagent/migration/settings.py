@@ -9,22 +9,25 @@ formats SMS leaves to the agent. This module reads the keys a file-level migrati
 * `CONSISTENCY_MODE`: `quick` (size and modification time, the default) or `hash` (content);
 * `CONSISTENCY_DIR`: comma-separated directories to verify (default: everything copied);
 * `CONSISTENCY_DIR_ILLEGAL`: comma-separated directories not to verify (default: spec §7.11's
-  system directories, when `CONSISTENCY_DIR` is not set either).
+  system directories, when `CONSISTENCY_DIR` is not set either);
+* `LINUX_CPU_LIMIT`, `LINUX_MEM_LIMIT`, `LINUX_IO_LIMIT`: the movers' resource limits (the
+  formats are in `limits.py`).
 
-Keys for other task types (block level, resource limits) are ignored; a bad value of a key read
-here is a `SettingError` that names the key.
+Keys for other task types (block level) are ignored; a bad value of a key read here is a
+`SettingError` that names the key.
 """
 
 from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, Optional
 
 from smsagent.api.enums import ConfigKey
 from smsagent.migration.excludes import PathListError, only_sync_sources, parse_path_list
+from smsagent.migration.limits import LimitError, ResourceLimits, parse_limits
 
 MIN_STREAMS: Final = 1
 MAX_STREAMS: Final = 4
@@ -74,6 +77,7 @@ class MigrationSettings:
         consistency_mode: how the verification compares files.
         consistency_dirs: absolute directories to verify; empty means everything copied.
         consistency_excluded: absolute directories the verification leaves out.
+        limits: the movers' resource limits.
     """
 
     migrate_exclude_dir: Optional[str] = None
@@ -84,6 +88,7 @@ class MigrationSettings:
     consistency_mode: ConsistencyMode = ConsistencyMode.quick
     consistency_dirs: tuple[str, ...] = ()
     consistency_excluded: tuple[str, ...] = DEFAULT_CONSISTENCY_EXCLUDED
+    limits: ResourceLimits = field(default_factory=ResourceLimits)
 
 
 def _values(entries: Iterable[Mapping[str, Any]]) -> dict[str, str]:
@@ -154,6 +159,13 @@ def _only_sync(values: Mapping[str, str]) -> tuple[str, ...]:
         raise SettingError(str(exc)) from exc
 
 
+def _limits(values: Mapping[str, str]) -> ResourceLimits:
+    try:
+        return parse_limits(values)
+    except LimitError as exc:
+        raise SettingError(str(exc)) from exc
+
+
 def parse_settings(entries: Iterable[Mapping[str, Any]]) -> MigrationSettings:
     """The migration's settings from the `configurations` of `GET configuration-setting`.
 
@@ -175,4 +187,5 @@ def parse_settings(entries: Iterable[Mapping[str, Any]]) -> MigrationSettings:
         consistency_mode=_mode(values),
         consistency_dirs=included,
         consistency_excluded=excluded,
+        limits=_limits(values),
     )

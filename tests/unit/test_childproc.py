@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from smsagent.childproc import LineTail, live_group_members, minimal_env, stop_process
+from smsagent.childproc import (
+    LineTail,
+    in_cgroup,
+    live_group_members,
+    minimal_env,
+    stop_process,
+)
 from tests.support.target import wait_none_left
 
 # A group leader like rsync's: on SIGTERM it exits without waiting for its helper. The helper
@@ -101,3 +108,34 @@ class TestStopProcess:
         assert proc.returncode == 0  # the leader wound down by itself
         # SIGKILL is delivered, not awaited: the helper dies a moment after the stop returns.
         wait_none_left(lambda: live_group_members(proc.pid), "the helper", timeout_s=10)
+
+
+class TestInCgroup:
+    def test_the_child_writes_the_pid_it_keeps(self, tmp_path: Path) -> None:
+        """The trampoline writes its own pid, which the mover keeps after exec, before the
+        mover's first instruction; without a cgroup the argv is left as it is."""
+        procs = tmp_path / "cgroup.procs"
+        procs.write_text("")
+
+        done = subprocess.run(
+            in_cgroup(["/bin/sh", "-c", 'cat "$0"; echo $$', str(procs)], procs),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+
+        written, own_pid = done.stdout.split()
+        assert written == own_pid
+        assert in_cgroup(["rsync", "-a"], None) == ["rsync", "-a"]
+
+    def test_a_cgroup_that_cannot_be_joined_stops_the_start(self, tmp_path: Path) -> None:
+        """If the pid cannot be written the mover never runs (exit 126, the reason on stderr)."""
+        procs = tmp_path / "absent" / "cgroup.procs"
+
+        done = subprocess.run(
+            in_cgroup(["/bin/echo", "ran"], procs), capture_output=True, text=True, timeout=10
+        )
+
+        assert (done.returncode, done.stdout) == (126, "")
+        assert str(procs) in done.stderr

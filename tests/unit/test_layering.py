@@ -51,6 +51,7 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
             "smsagent.waits",
             "smsagent.units",
             "smsagent.childproc",
+            "smsagent.cgroups",
             "smsagent",
         ),
     ),

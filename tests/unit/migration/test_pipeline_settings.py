@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from smsagent.migration.limits import ResourceLimits
 from smsagent.migration.settings import (
     DEFAULT_CONSISTENCY_EXCLUDED,
     ConsistencyMode,
@@ -39,6 +40,7 @@ class TestParseSettings:
                 SYNC_EXCLUDE_DIR="/var/log",
                 ONLY_SYNC_DIR="/srv, /srv/app, /home",
                 LINUX_CPU_LIMIT="60",
+                LINUX_BLOCK_CACHE_SIZE="4",
             )
         )
         assert settings == MigrationSettings(
@@ -50,6 +52,7 @@ class TestParseSettings:
             consistency_mode=ConsistencyMode.hash,
             consistency_dirs=("/srv", "/opt"),
             consistency_excluded=("/srv/cache",),
+            limits=ResourceLimits(cpu_percent=60),
         )
 
     def test_an_explicit_scope_drops_the_default_exclusions(self) -> None:

@@ -121,6 +121,7 @@ class TaskProgress:
         self._sent_at: Optional[float] = None
         self._changed = asyncio.Event()
         self._forced = asyncio.Event()
+        self._held: list[Figures] = []
         self._sender: Optional[asyncio.Task[None]] = None
 
     async def report(
@@ -143,6 +144,10 @@ class TaskProgress:
         )
         if self._latest is not None and self._latest.stage != stage:
             self._rate = RateMeter()
+            if self._forced.is_set():
+                # A stage's forced last figures (its 100 %) are not replaced by the next
+                # stage's first ones before they were sent: SMS would never see the stage end.
+                self._held.append(self._latest)
         if bytes_sent is not None:
             self._rate.add(figures.at_s, bytes_sent)
         self._latest = figures
@@ -178,12 +183,19 @@ class TaskProgress:
         self._changed.clear()
         self._forced.clear()
         self._sent_at = self._monotonic()
+        held, self._held = self._held, []
+        for earlier in held:
+            await self._post(earlier)
+        if await self._post(figures):
+            self._last_sent = figures
+
+    async def _post(self, figures: Figures) -> bool:
         try:
             await self._client.update_task_speed(self._task_id, self._body(figures))
         except SmsError as exc:
             log.warning("progress_report_failed", error=str(exc))
-        else:
-            self._last_sent = figures
+            return False
+        return True
 
     def _body(self, figures: Figures) -> UpdateTaskSpeedReq:
         rate_bytes_s = max(self._rate.bytes_per_s(), 0.0) if figures.bytes_sent is not None else 0.0

@@ -129,3 +129,24 @@ async def test_a_stage_that_sends_nothing_shows_no_rate():
     await progress.close()
     assert [b.migrate_speed for b in client.bodies] == [0.0, 0.0]
     assert client.bodies[-1].remain_time is None
+
+
+async def test_a_stage_end_is_sent_before_the_next_stage_replaces_it() -> None:
+    """The last forced figures of a stage reach SMS even when the next stage reports at once."""
+    sent: list[tuple[str, int]] = []
+    release = asyncio.Event()
+
+    class Client:
+        async def update_task_speed(self, task_id: str, body: UpdateTaskSpeedReq) -> None:
+            await release.wait()
+            sent.append((str(body.subtask_name.value), body.progress))
+
+    progress = TaskProgress(Client(), "t1", interval_s=60.0)
+    await progress.report(SubtaskName.MIGRATE_LINUX_BLOCK, 10, 100)
+    await asyncio.sleep(0)  # the first report is on its way, held by the server
+    await progress.report(SubtaskName.MIGRATE_LINUX_BLOCK, 100, 100, force=True)
+    await progress.report(SubtaskName.CONFIGURE_LINUX_BLOCK, 0, 1, force=True)
+    release.set()
+    await progress.close()
+    assert ("MIGRATE_LINUX_BLOCK", 100) in sent
+    assert sent.index(("MIGRATE_LINUX_BLOCK", 100)) < sent.index(("CONFIGURE_LINUX_BLOCK", 0))

@@ -42,7 +42,7 @@ from smsagent.migration.block.sender import PassVolume
 from smsagent.migration.block.source import VolumeReader, chunk_spans
 from smsagent.migration.block.tls import TlsMaterial
 from smsagent.target.session import TargetSession, store_private_key
-from tests.support import blockdev
+from tests.support import blockcopy
 from tests.support.blocktls import make_cert_key
 from tests.support.target import TargetHost, require_root
 
@@ -129,12 +129,12 @@ def run(work: Path, runs: int, threads: int) -> int:
     with ExitStack() as stack:
         host = TargetHost.create(work / "target")
         stack.callback(host.close)
-        lab = stack.enter_context(blockdev.lab(work / "lab"))
+        lab = stack.enter_context(blockcopy.lab(work / "lab"))
         source = lab.device("source", SIZE_MIB)
-        blockdev.make_ext4_with_garbage(source, SIZE_MIB)
+        blockcopy.make_ext4_with_garbage(source, SIZE_MIB)
         root = lab.mount(source, "source-root")
         count = int(SIZE_MIB * 0.4) // FILE_MIB
-        blockdev.write_files(root, count, FILE_MIB * MIB)
+        blockcopy.write_files(root, count, FILE_MIB * MIB)
         os.sync()
         target = lab.device("target", SIZE_MIB + 64)
         paths = store_private_key(work / "keys", "bench", host.client_private_key_pem)

@@ -66,10 +66,40 @@ T = TypeVar("T")
 _RETRIED: Final = frozenset({ErrorAction.retry, ErrorAction.reauthenticate})
 
 
+# The failures a migration expects (each says what SMS is told); anything else is a bug.
+FAILURES: Final = (
+    RsyncError,
+    TargetError,
+    PrepareError,
+    ConfigureError,
+    SettingError,
+    PathListError,
+    SmsError,
+)
+
+
 async def handle_command(
     ctx: HandlerContext, command: CommandEnvelope, options: MigrateOptions
 ) -> HandlerOutcome:
     """Run the work the machine decided for `command`'s task (`MigrateFileHandler.handle`)."""
+    return await run_command(
+        ctx,
+        command,
+        options,
+        lambda task: _Migration(ctx, task, options).run(command.action),
+        FAILURES,
+    )
+
+
+async def run_command(
+    ctx: HandlerContext,
+    command: CommandEnvelope,
+    options: MigrateOptions,
+    work: Callable[[Task], Awaitable[HandlerOutcome]],
+    failures: tuple[type[Exception], ...],
+) -> HandlerOutcome:
+    """The task read (unless the command carried it), then the drill for PREMIGRATE or `work`;
+    an expected failure (`failures`) becomes a `fail` result with its SMS code."""
     try:
         task = command.task
         if task is None:
@@ -77,16 +107,8 @@ async def handle_command(
             task = await sms_call(ctx, options, lambda: ctx.client.show_task(task_id))
         if command.action is Action.run_premigrate:
             return await run_premigrate(ctx, dataclasses.replace(command, task=task))
-        return await _Migration(ctx, task, options).run(command.action)
-    except (
-        RsyncError,
-        TargetError,
-        PrepareError,
-        ConfigureError,
-        SettingError,
-        PathListError,
-        SmsError,
-    ) as exc:
+        return await work(task)
+    except failures as exc:
         code, message = failure_reason(exc)
         ctx.log.warning("migration_failed", error_code=code, error=message)
         state = State.idle if command.action is Action.run_premigrate else State.failed
@@ -94,11 +116,13 @@ async def handle_command(
 
 
 def failure_reason(exc: Exception) -> tuple[str, str]:
-    """The SMS error code and message of an expected failure."""
-    if isinstance(exc, (RsyncError, TargetError, PrepareError, ConfigureError)):
-        return exc.error_code, scrub(exc.message)
+    """The SMS error code and message of an expected failure: its own `error_code` and
+    `message` where it has them."""
     if isinstance(exc, SmsError):
         return exc.error_code or ERROR_SMS_UNREACHABLE, scrub(str(exc))
+    code, message = getattr(exc, "error_code", None), getattr(exc, "message", None)
+    if isinstance(code, str) and isinstance(message, str):
+        return code, scrub(message)
     return ERROR_SETTING, scrub(str(exc))
 
 

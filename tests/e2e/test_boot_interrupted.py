@@ -9,27 +9,25 @@ migration.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from smsagent.agent.machine import State
 from smsagent.api.enums import CommandResult
 from smsagent.target.prepared import PreparedTarget
-from tests.e2e.test_boot_migrated import EXTRA_MIB, FORMAT, boot_target
 from tests.support import sourcesys
 from tests.support.agent import AgentProcess
 from tests.support.emulator import EmulatorFactory, EmulatorProcess
-from tests.support.migrate import MigrationRig, migration_rig
+from tests.support.migrate import MigrationRig, migration_rig, stop_in
 from tests.support.target import TargetHost
 from tests.support.targetdisks import MIB, TargetDisks
-from tests.support.wholeserver import target_server
+from tests.support.wholeserver import EXTRA_MIB, boot_target, target_server
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(900)]
 
+FORMAT = "FORMAT_DISK_LINUX_FILE"
 MIGRATE = "MIGRATE_LINUX_FILE"
 CONFIGURE = "CONFIGURE_LINUX_FILE"
 # A STOP must not wait for a long remote command (an initramfs takes 15 s here).
@@ -58,25 +56,6 @@ async def rig(
         yield made
 
 
-async def _stop_in(rig: MigrationRig, stage: str) -> None:
-    """STOP as soon as `stage` runs; the work must wind down at once and say so."""
-    await rig.wait_for_record(
-        lambda r: (
-            r.stage == stage
-            and not r.progress_of(stage).done
-            and (stage != MIGRATE or r.progress_of(stage).bytes_done > 0)
-        ),
-        timeout_s=300,
-    )
-    asked = time.monotonic()
-    stopped = await rig.stop()
-    took = time.monotonic() - asked
-    print(f"STOP in {stage}: answered after {took:.2f} s")
-    assert stopped.result is CommandResult.success, stopped.message
-    assert took < STOP_BOUND_S, f"STOP in {stage} took {took:.1f} s"
-    assert rig.record().state is State.stopped
-
-
 async def test_stop_in_each_stage_then_start_boots(
     rig: MigrationRig,
     mbr_bios_source: sourcesys.SourceSystem,
@@ -90,7 +69,7 @@ async def test_stop_in_each_stage_then_start_boots(
 
     for stage in (FORMAT, MIGRATE, CONFIGURE):
         await rig.start()
-        await _stop_in(rig, stage)
+        await stop_in(rig, stage, MIGRATE, STOP_BOUND_S)
         assert target_host.mounts_below(target_host.root) == []  # left clean when stopped
     await rig.start()
     settled = await rig.settled(timeout_s=600)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,29 +25,21 @@ from smsagent.target.prepared import PreparedTarget
 from smsagent.target.session import TargetSession, store_private_key
 from tests.support import helpervm, qemuboot, sourcesys
 from tests.support.emulator import EmulatorProcess
-from tests.support.migrate import MigrationRig, migration_rig
+from tests.support.migrate import migration_rig
 from tests.support.target import TargetHost
 from tests.support.targetdisks import MIB, TargetDisks, target_disks
-from tests.support.wholeserver import target_server
+from tests.support.wholeserver import (
+    EXTRA_MIB,
+    Migration,
+    boot_target,
+    target_server,
+    whole_server_migration,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(900)]
 
 FORMAT = "FORMAT_DISK_LINUX_FILE"
 CONFIGURE = "CONFIGURE_LINUX_FILE"
-# Larger than the source's disk: the target is laid out like the source, the rest stays free.
-EXTRA_MIB = 512
-
-
-@dataclass
-class Migration:
-    rig: MigrationRig
-    source: sourcesys.SourceSystem
-    devices: list[str]
-
-    def prepared(self) -> PreparedTarget:
-        resume = self.rig.record().progress_of(FORMAT).resume["prepared"]
-        assert isinstance(resume, dict)
-        return PreparedTarget.from_json(resume)
 
 
 @pytest.fixture
@@ -59,59 +50,10 @@ async def migration(
     mbr_bios_source: sourcesys.SourceSystem,
     disks: TargetDisks,
 ) -> AsyncIterator[Migration]:
-    source = mbr_bios_source
-    size_mib = source.disk_size_bytes // MIB + EXTRA_MIB
-    devices = [disks.add(size_mib) for _ in source.disks]
-    async with migration_rig(
-        tmp_path / "agent",
-        emulator,
-        target_host,
-        source.root,
-        target_layout="task",
-        stop_grace=5.0,
-    ) as rig:
-        server = target_server(source, devices, size_mib * MIB, target_host.ip)
-        rig.create_task(target_server=server)
-        yield Migration(rig, source, devices)
-
-
-def boot_target(
-    devices: list[str],
-    firmware: str,
-    prepared: PreparedTarget,
-    log: Path,
-    *,
-    snapshot: bool = False,
-) -> qemuboot.BootResult:
-    """Boot the target's disks (unmounted by the agent) and check what a user would; with
-    `snapshot` the boot's writes go to a scratch layer and the disks stay as they are."""
-    result = qemuboot.boot(devices, firmware, log_path=log, snapshot=snapshot)
-    failure = qemuboot.failure_message(result)
-    checks = result.checks
-    assert result.reason == "done", failure
-    assert checks.system == "running", failure
-    assert checks.failed == [], failure
-    assert checks.findmnt_verify_rc == 0, failure
-    new_uuids = {v.mount_point: v.uuid for v in prepared.volumes if v.mount_point}
-    assert checks.root.get("uuid") == new_uuids["/"], failure
-    for mount_point, mounted in checks.mounts.items():
-        assert mounted.get("uuid") == new_uuids[mount_point], (mount_point, failure)
-    assert set(checks.mounts) >= set(new_uuids) - {"/"}, failure
-    swap_uuids = {v.uuid for v in prepared.volumes if v.is_swap}
-    assert {s.get("uuid") for s in checks.swaps} == swap_uuids, failure
-    assert checks.smsagent.get("active") != "active", failure
-    assert checks.smsagent.get("enabled") == "masked", failure
-    return result
-
-
-def _boot(migration: Migration, tmp_path: Path, name: str) -> qemuboot.BootResult:
-    assert migration.rig.target.mounts_below(migration.rig.target.root) == []
-    return boot_target(
-        migration.devices,
-        migration.source.firmware,
-        migration.prepared(),
-        tmp_path / f"{name}.console",
-    )
+    async with whole_server_migration(
+        tmp_path / "agent", emulator, target_host, mbr_bios_source, disks
+    ) as made:
+        yield made
 
 
 async def test_migrated_mbr_bios_server_boots_and_a_sync_pass_keeps_it_booting(
@@ -126,7 +68,7 @@ async def test_migrated_mbr_bios_server_boots_and_a_sync_pass_keeps_it_booting(
     assert settled.state is State.replicated
     stages = [r["subtask_name"] for r in rig.progress_reports()]
     assert stages.index(FORMAT) < stages.index("MIGRATE_LINUX_FILE") < stages.index(CONFIGURE)
-    _boot(migration, tmp_path, "full")
+    migration.boot(tmp_path / "full.console")
 
     # The source changes; a sync pass brings the change and configures the copy again.
     marker = migration.source.root / "srv" / "changed-after-the-copy.txt"
@@ -139,7 +81,7 @@ async def test_migrated_mbr_bios_server_boots_and_a_sync_pass_keeps_it_booting(
 
     assert synced.result is CommandResult.success, synced.message
     assert synced.detail.get("files_transferred", 0) >= 2, synced.detail
-    result = _boot(migration, tmp_path, "sync")
+    result = migration.boot(tmp_path / "sync.console")
     want = hashlib.sha256(marker.read_bytes()).hexdigest()
     assert result.checks.markers == {"/srv/changed-after-the-copy.txt": want}
 

@@ -406,3 +406,24 @@ def mover_processes() -> list[tuple[int, str]]:
         frontier += kids
         found += [(pid, names[pid]) for pid in kids if names[pid] in ("rsync", "ssh")]
     return found
+
+
+async def stop_in(rig: MigrationRig, stage: str, copy_stage: str, bound_s: float) -> float:
+    """STOP as soon as `stage` runs (for the copy stage: once it copied something); the work
+    must wind down within `bound_s` and say so. Returns how long the STOP took."""
+    await rig.wait_for_record(
+        lambda r: (
+            r.stage == stage
+            and not r.progress_of(stage).done
+            and (stage != copy_stage or r.progress_of(stage).bytes_done > 0)
+        ),
+        timeout_s=300,
+    )
+    asked = time.monotonic()
+    stopped = await rig.stop()
+    took = time.monotonic() - asked
+    print(f"STOP in {stage}: answered after {took:.2f} s")
+    assert stopped.result is CommandResult.success, stopped.message
+    assert took < bound_s, f"STOP in {stage} took {took:.1f} s"
+    assert rig.record().state is State.stopped
+    return took

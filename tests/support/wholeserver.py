@@ -7,12 +7,24 @@ itself, naming the target's own devices, as a console user who picked the target
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
 
+from smsagent.target.prepared import PreparedTarget
+from tests.support import qemuboot
+from tests.support.blocktls import CertKey
+from tests.support.emulator import EmulatorProcess
+from tests.support.migrate import MigrationRig, migration_rig
 from tests.support.sourcesys import SourceSystem, Volume
+from tests.support.target import TargetHost
+from tests.support.targetdisks import TargetDisks
 
 MIB = 1024 * 1024
+# Larger than the source's disk: the target is laid out like the source, the rest stays free.
+EXTRA_MIB = 512
 
 
 def target_server(
@@ -85,3 +97,81 @@ def _fstype(volume: Volume) -> str:
 
 def _mount_point(volume: Volume) -> str:
     return "" if volume.mount_point in (None, "[SWAP]") else str(volume.mount_point)
+
+
+@dataclass
+class Migration:
+    """A whole-server migration under test: the rig, the source system, the target devices."""
+
+    rig: MigrationRig
+    source: SourceSystem
+    devices: list[str]
+    format_stage: str
+
+    def prepared(self) -> PreparedTarget:
+        resume = self.rig.record().progress_of(self.format_stage).resume["prepared"]
+        assert isinstance(resume, dict)
+        return PreparedTarget.from_json(resume)
+
+    def boot(self, log: Path, *, snapshot: bool = False) -> qemuboot.BootResult:
+        """Boot the target's disks (unmounted by the agent) and check what a user would."""
+        assert self.rig.target.mounts_below(self.rig.target.root) == []
+        return boot_target(
+            self.devices, self.source.firmware, self.prepared(), log, snapshot=snapshot
+        )
+
+
+@asynccontextmanager
+async def whole_server_migration(
+    workdir: Path,
+    emulator: EmulatorProcess,
+    target: TargetHost,
+    source: SourceSystem,
+    disks: TargetDisks,
+    *,
+    block: Optional[CertKey] = None,
+) -> AsyncIterator[Migration]:
+    """A task migrating `source` onto new target disks `EXTRA_MIB` larger than its own: file
+    level, or block level with the task's TLS material `block`."""
+    size_mib = source.disk_size_bytes // MIB + EXTRA_MIB
+    devices = [disks.add(size_mib) for _ in source.disks]
+    async with migration_rig(
+        workdir, emulator, target, source.root, target_layout="task", stop_grace=5.0
+    ) as rig:
+        server = target_server(source, devices, size_mib * MIB, target.ip)
+        if block is None:
+            rig.create_task(target_server=server)
+        else:
+            rig.create_block_task(block, target_server=server)
+        stage = "FORMAT_DISK_LINUX_FILE" if block is None else "FORMAT_DISK_LINUX_BLOCK"
+        yield Migration(rig, source, devices, stage)
+
+
+def boot_target(
+    devices: list[str],
+    firmware: str,
+    prepared: PreparedTarget,
+    log: Path,
+    *,
+    snapshot: bool = False,
+) -> qemuboot.BootResult:
+    """Boot the target's disks and check what a user would: the system running, nothing
+    failed, `/` and every mount and swap by the prepared UUIDs, smsagent masked; with
+    `snapshot` the boot's writes go to a scratch layer and the disks stay as they are."""
+    result = qemuboot.boot(devices, firmware, log_path=log, snapshot=snapshot)
+    failure = qemuboot.failure_message(result)
+    checks = result.checks
+    assert result.reason == "done", failure
+    assert checks.system == "running", failure
+    assert checks.failed == [], failure
+    assert checks.findmnt_verify_rc == 0, failure
+    new_uuids = {v.mount_point: v.uuid for v in prepared.volumes if v.mount_point}
+    assert checks.root.get("uuid") == new_uuids["/"], failure
+    for mount_point, mounted in checks.mounts.items():
+        assert mounted.get("uuid") == new_uuids[mount_point], (mount_point, failure)
+    assert set(checks.mounts) >= set(new_uuids) - {"/"}, failure
+    swap_uuids = {v.uuid for v in prepared.volumes if v.is_swap}
+    assert {s.get("uuid") for s in checks.swaps} == swap_uuids, failure
+    assert checks.smsagent.get("active") != "active", failure
+    assert checks.smsagent.get("enabled") == "masked", failure
+    return result

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
@@ -26,12 +25,9 @@ from smsagent.agent.handler_api import (
     TaskRecord,
 )
 from smsagent.api.enums import SubtaskName
-from smsagent.api.errors import SmsError
 from smsagent.api.models import Task
-from smsagent.checks.premigrate import run_premigrate
 from smsagent.childproc import kill_leftover_movers
 from smsagent.inventory.mounts import read_mountinfo
-from smsagent.log import scrub
 from smsagent.migration.block.digests import DigestTable
 from smsagent.migration.block.engine import BlockChannel, ChannelError, ChannelOptions, PassReport
 from smsagent.migration.block.extents import SUB_BLOCK, UsedMap, used_map, whole_map
@@ -42,18 +38,17 @@ from smsagent.migration.block.tls import TlsMaterial, TlsMaterialError
 from smsagent.migration.block.volumes import BlockVolume, VolumeError, block_volumes
 from smsagent.migration.disk_stages import DiskStages, until_stopped
 from smsagent.migration.migrate import (
+    FAILURES,
     destination_root,
-    failure_reason,
     open_target,
     pause,
+    run_command,
     sms_call,
 )
 from smsagent.migration.options import MigrateOptions
-from smsagent.migration.settings import SettingError
-from smsagent.target.configure_report import ConfigureError
 from smsagent.target.layout import LayoutError, parse_layout
 from smsagent.target.prepare import PrepareError
-from smsagent.target.session import TargetError, TargetSession
+from smsagent.target.session import TargetSession
 
 T = TypeVar("T")
 
@@ -81,34 +76,13 @@ async def handle_command(
     ctx: HandlerContext, command: CommandEnvelope, options: MigrateOptions
 ) -> HandlerOutcome:
     """Run the work the machine decided for `command`'s block task."""
-    try:
-        task = command.task
-        if task is None:
-            task_id = command.task_id or ""
-            task = await sms_call(ctx, options, lambda: ctx.client.show_task(task_id))
-        if command.action is Action.run_premigrate:
-            return await run_premigrate(ctx, dataclasses.replace(command, task=task))
-        return await _BlockMigration(ctx, task, options).run(command.action)
-    except (
-        TargetError,
-        PrepareError,
-        ConfigureError,
-        SettingError,
-        SmsError,
-        ChannelError,
-        VolumeError,
-        TlsMaterialError,
-    ) as exc:
-        code, message = _reason(exc)
-        ctx.log.warning("migration_failed", error_code=code, error=message)
-        state = State.idle if command.action is Action.run_premigrate else State.failed
-        return HandlerOutcome.failure(code, message, next_state=state)
-
-
-def _reason(exc: Exception) -> tuple[str, str]:
-    if isinstance(exc, (ChannelError, VolumeError, TlsMaterialError)):
-        return exc.error_code, scrub(exc.message)
-    return failure_reason(exc)
+    return await run_command(
+        ctx,
+        command,
+        options,
+        lambda task: _BlockMigration(ctx, task, options).run(command.action),
+        (*FAILURES, ChannelError, VolumeError, TlsMaterialError),
+    )
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from smsagent.migration.block.extents import used_map
 from smsagent.migration.block.sender import PassCounters, PassVolume, Tamper
 from smsagent.migration.block.tls import TlsMaterial
 from smsagent.target.session import TargetSession
-from tests.support import blockdev
+from tests.support import blockcopy
 from tests.support.blocktls import CertKey, issue, make_ca, make_cert_key
 from tests.support.target import TargetHost
 
@@ -37,7 +37,7 @@ SIZE_MIB = 256
 
 @dataclass
 class Rig:
-    lab: blockdev.Lab
+    lab: blockcopy.Lab
     source: str
     source_root: Path
     target: str
@@ -54,13 +54,13 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    with blockdev.lab(tmp_path / "lab") as made:
+    with blockcopy.lab(tmp_path / "lab") as made:
         source = made.device("source", SIZE_MIB)
-        blockdev.make_ext4_with_garbage(source, SIZE_MIB)
+        blockcopy.make_ext4_with_garbage(source, SIZE_MIB)
         root = made.mount(source, "source-root")
-        blockdev.write_files(root, 120, 600 * 1024)
+        blockcopy.write_files(root, 120, 600 * 1024)
         target = made.device("target", SIZE_MIB + 64)
-        blockdev.fill_random(target, 32)
+        blockcopy.fill_random(target, 32)
         yield Rig(made, source, root, target, make_cert_key(tmp_path / "tls"), tmp_path)
 
 
@@ -96,28 +96,33 @@ async def copy(chan: BlockChannel, volume: PassVolume) -> PassReport:
 def frozen(rig: Rig) -> Iterator[None]:
     """The source held still, as the final pass holds it: a live ext4 rewrites its superblock
     (write counters, times) when it thaws, so blocks are compared while it is frozen."""
-    blockdev.run("fsfreeze", "--freeze", str(rig.source_root))
+    blockcopy.run("fsfreeze", "--freeze", str(rig.source_root))
     try:
         yield
     finally:
-        blockdev.run("fsfreeze", "--unfreeze", str(rig.source_root))
+        blockcopy.run("fsfreeze", "--unfreeze", str(rig.source_root))
+
+
+def assert_allocated_identical(rig: Rig) -> None:
+    """The target holds the source's bytes in every block the source's bitmaps (read by
+    dumpe2fs, not by the agent's map) call allocated."""
+    used = blockcopy.ext_used_ranges(rig.source)
+    assert blockcopy.ranges_digest(rig.source, used) == blockcopy.ranges_digest(rig.target, used)
 
 
 def copy_frozen(rig: Rig, chan: BlockChannel, table: DigestTable) -> PassReport:
     """A pass with the source frozen, and its allocated blocks compared before it thaws."""
     with frozen(rig):
         report = asyncio.run(copy(chan, rig.volume(table)))
-        used = blockdev.ext_used_ranges(rig.source)
-        source = blockdev.ranges_digest(rig.source, used)
-        assert source == blockdev.ranges_digest(rig.target, used)
+        assert_allocated_identical(rig)
     return report
 
 
 def assert_identical(rig: Rig) -> None:
-    blockdev.run("e2fsck", "-fn", rig.target)
+    blockcopy.run("e2fsck", "-fn", rig.target)
     seen = rig.lab.mount(rig.target, "target-view", "-o", "ro,noload")
     try:
-        assert blockdev.tree_digest(seen) == blockdev.tree_digest(rig.source_root)
+        assert blockcopy.tree_digest(seen) == blockcopy.tree_digest(rig.source_root)
     finally:
         rig.lab.unmount(seen)
 
@@ -142,7 +147,7 @@ def test_a_delta_pass_sends_only_what_changed(
 ) -> None:
     table = rig.table()
     copy_frozen(rig, channel(rig, target_session), table)
-    changed = blockdev.write_files(rig.source_root, 2, 600 * 1024, seed="changed")[:2]
+    changed = blockcopy.write_files(rig.source_root, 2, 600 * 1024, seed="changed")[:2]
     changed_bytes = sum(p.stat().st_size for p in changed)
 
     report = copy_frozen(rig, channel(rig, target_session), table)
@@ -183,12 +188,12 @@ def test_a_receiver_refuses_a_certificate_not_from_the_task(
     )  # fmt: skip
     chan = channel(rig, target_session, material=foreign)
     whole = [(0, (SIZE_MIB + 64) * MIB)]
-    before = blockdev.ranges_digest(rig.target, whole)
+    before = blockcopy.ranges_digest(rig.target, whole)
 
     with pytest.raises(ChannelError, match="certificates were refused"):
         asyncio.run(copy(chan, rig.volume(rig.table())))
 
-    assert blockdev.ranges_digest(rig.target, whole) == before
+    assert blockcopy.ranges_digest(rig.target, whole) == before
     assert any("refused" in line for line in chan.receiver_lines), chan.receiver_lines
 
 
@@ -318,8 +323,10 @@ def test_a_cut_connection_resumes_without_resending(
 
     with frozen(rig):
         report = asyncio.run(scenario())
-        used = blockdev.ext_used_ranges(rig.source)
-        assert blockdev.ranges_digest(rig.source, used) == blockdev.ranges_digest(rig.target, used)
+        used = blockcopy.ext_used_ranges(rig.source)
+        assert blockcopy.ranges_digest(rig.source, used) == blockcopy.ranges_digest(
+            rig.target, used
+        )
     assert proxy.cuts == 1 and report.reconnects == 1
     # What was acknowledged before the cut was not sent again: at most the window in flight.
     assert report.sent_bytes <= rig.volume(table).used.used_bytes + 6 * 4 * MIB + MIB
@@ -346,8 +353,10 @@ def test_a_killed_receiver_is_started_again_and_the_copy_goes_on(
 
     with frozen(rig):
         report = asyncio.run(scenario())
-        used = blockdev.ext_used_ranges(rig.source)
-        assert blockdev.ranges_digest(rig.source, used) == blockdev.ranges_digest(rig.target, used)
+        used = blockcopy.ext_used_ranges(rig.source)
+        assert blockcopy.ranges_digest(rig.source, used) == blockcopy.ranges_digest(
+            rig.target, used
+        )
     assert killed and report.reconnects >= 1
     assert report.sent_bytes <= rig.volume(table).used.used_bytes + 6 * 4 * MIB + MIB
     assert_identical(rig)
@@ -392,8 +401,10 @@ def test_a_stopped_pass_resumes_from_what_was_acknowledged(
         assert 0 < start < rig.volume(table).used.size
         volume = dataclasses.replace(rig.volume(table), start=start)
         report = asyncio.run(copy(channel(rig, target_session), volume))
-        used = blockdev.ext_used_ranges(rig.source)
-        assert blockdev.ranges_digest(rig.source, used) == blockdev.ranges_digest(rig.target, used)
+        used = blockcopy.ext_used_ranges(rig.source)
+        assert blockcopy.ranges_digest(rig.source, used) == blockcopy.ranges_digest(
+            rig.target, used
+        )
     assert acked[-1] + report.sent_bytes <= volume.used.used_bytes + 6 * 4 * MIB + MIB
     assert_identical(rig)
 
@@ -419,7 +430,7 @@ def test_a_sync_after_the_target_was_written_restores_the_source(
     table = rig.table()
     copy_frozen(rig, channel(rig, target_session), table)
     tree = rig.lab.mount(rig.target, "target-rw")
-    blockdev.write_files(tree, 3, 300 * 1024, seed="configure")  # replaced
+    blockcopy.write_files(tree, 3, 300 * 1024, seed="configure")  # replaced
     (tree / "data" / "new-file.bin").write_bytes(os.urandom(2 * MIB))  # new
     first = sorted((tree / "data").iterdir())[5]
     with first.open("r+b") as handle:  # edited in place
@@ -435,6 +446,6 @@ def test_a_sync_after_the_target_was_written_restores_the_source(
 
     forgotten = asyncio.run(reconcile())
     assert forgotten is not None and forgotten > 0
-    blockdev.write_files(rig.source_root, 2, 100 * 1024, seed="source-changed")
+    blockcopy.write_files(rig.source_root, 2, 100 * 1024, seed="source-changed")
     copy_frozen(rig, channel(rig, target_session), table)
     assert_identical(rig)

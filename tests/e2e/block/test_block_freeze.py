@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import blockdev
+from tests.support import blockcopy
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -32,14 +32,14 @@ asyncio.run(main())
 
 @pytest.fixture
 def mounted(tmp_path: Path) -> Iterator[Path]:
-    with blockdev.lab(tmp_path / "lab") as lab:
+    with blockcopy.lab(tmp_path / "lab") as lab:
         device = lab.device("fs", 64)
-        blockdev.run("mkfs.ext4", "-q", "-F", device)
+        blockcopy.run("mkfs.ext4", "-q", "-F", device)
         root = lab.mount(device, "mnt")
         try:
             yield root
         finally:
-            blockdev.run("fsfreeze", "--unfreeze", str(root), check=False)
+            blockcopy.run("fsfreeze", "--unfreeze", str(root), check=False)
 
 
 def write_takes_s(root: Path) -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,42 +17,25 @@ import pytest
 from smsagent.agent.machine import State
 from smsagent.api.enums import CommandResult
 from smsagent.target.prepared import PreparedTarget
-from tests.e2e.test_boot_migrated import EXTRA_MIB, boot_target
-from tests.support import blockdev, helpervm, qemuboot, sourcesys
+from tests.support import blockcopy, helpervm, qemuboot, sourcesys
 from tests.support.blocktls import make_cert_key, ssh_public_key
 from tests.support.emulator import EmulatorProcess
-from tests.support.migrate import MigrationRig, migration_rig
+from tests.support.migrate import migration_rig
 from tests.support.target import TargetHost
 from tests.support.targetdisks import MIB, TargetDisks, target_disks
-from tests.support.wholeserver import target_server
+from tests.support.wholeserver import (
+    EXTRA_MIB,
+    Migration,
+    boot_target,
+    target_server,
+    whole_server_migration,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 FORMAT = "FORMAT_DISK_LINUX_BLOCK"
 MIGRATE = "MIGRATE_LINUX_BLOCK"
 CONFIGURE = "CONFIGURE_LINUX_BLOCK"
-
-
-@dataclass
-class Migration:
-    rig: MigrationRig
-    source: sourcesys.SourceSystem
-    devices: list[str]
-
-    def prepared(self) -> PreparedTarget:
-        resume = self.rig.record().progress_of(FORMAT).resume["prepared"]
-        assert isinstance(resume, dict)
-        return PreparedTarget.from_json(resume)
-
-    def boot(self, tmp_path: Path, name: str, *, snapshot: bool = False) -> qemuboot.BootResult:
-        assert self.rig.target.mounts_below(self.rig.target.root) == []
-        return boot_target(
-            self.devices,
-            self.source.firmware,
-            self.prepared(),
-            tmp_path / f"{name}.console",
-            snapshot=snapshot,
-        )
 
 
 @pytest.fixture
@@ -64,20 +46,11 @@ async def migration(
     mbr_bios_source: sourcesys.SourceSystem,
     disks: TargetDisks,
 ) -> AsyncIterator[Migration]:
-    source = mbr_bios_source
-    size_mib = source.disk_size_bytes // MIB + EXTRA_MIB
-    devices = [disks.add(size_mib) for _ in source.disks]
-    async with migration_rig(
-        tmp_path / "agent",
-        emulator,
-        target_host,
-        source.root,
-        target_layout="task",
-        stop_grace=5.0,
-    ) as rig:
-        server = target_server(source, devices, size_mib * MIB, target_host.ip)
-        rig.create_block_task(make_cert_key(tmp_path / "tls"), target_server=server)
-        yield Migration(rig, source, devices)
+    certkey = make_cert_key(tmp_path / "tls")
+    async with whole_server_migration(
+        tmp_path / "agent", emulator, target_host, mbr_bios_source, disks, block=certkey
+    ) as made:
+        yield made
 
 
 DATA_FILES = 200
@@ -87,7 +60,7 @@ DATA_FILE_BYTES = 256 * 1024
 def add_data(root: Path) -> list[Path]:
     """The server's data: files under /srv/data (system files are left as they are: the target
     must boot)."""
-    return blockdev.write_files(root / "srv", DATA_FILES, DATA_FILE_BYTES)
+    return blockcopy.write_files(root / "srv", DATA_FILES, DATA_FILE_BYTES)
 
 
 def change_files(files: list[Path], share: float) -> int:
@@ -127,7 +100,7 @@ async def test_block_migrated_server_boots_and_a_sync_pass_sends_only_what_chang
     assert rig.record().progress_of(MIGRATE).resume.get("consistency") == "frozen"
     # A test boot between syncs runs on a snapshot, as SMS's test launch does: a block sync
     # sends what changed on the source and trusts the target to hold what it was sent.
-    migration.boot(tmp_path, "full", snapshot=True)
+    migration.boot(tmp_path / "full.console", snapshot=True)
 
     marker = migration.source.root / "srv" / "changed-after-the-copy.txt"
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +118,7 @@ async def test_block_migrated_server_boots_and_a_sync_pass_sends_only_what_chang
     restored = synced.detail["bytes_configured_on_target"]
     assert 0 < restored < 64 * MIB, synced.detail
     assert synced.detail["bytes_sent"] <= 5 * changed + restored + 4 * MIB, (synced.detail, changed)
-    result = migration.boot(tmp_path, "sync")
+    result = migration.boot(tmp_path / "sync.console")
     want = hashlib.sha256(marker.read_bytes()).hexdigest()
     assert result.checks.markers == {"/srv/changed-after-the-copy.txt": want}
 

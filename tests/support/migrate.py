@@ -113,16 +113,17 @@ class MigrationRig:
         self.emulator.set_cert_key(self.task_id, private_key=self.target.client_private_key_pem)
         return self.task_id
 
-    def create_block_task(self, certkey: CertKey, **fields: Any) -> str:
+    def create_block_task(self, certkey: CertKey, *, authorize: bool = True, **fields: Any) -> str:
         """Create a MIGRATE_BLOCK task whose certkey carries the data channel's certificates.
 
         The task's one private key is also its SSH key (as SMS hands out one): the target is
-        told to accept it.
+        told to accept it (unless `authorize` is off: a target the test authorizes itself).
         """
         task_id = self.create_task(type="MIGRATE_BLOCK", **fields)
-        public = ssh_public_key(certkey.private_key, self.settings.state_dir.parent)
-        with self.target.authorized_keys.open("a") as keys:
-            keys.write(public + "\n")
+        if authorize:
+            public = ssh_public_key(certkey.private_key, self.settings.state_dir.parent)
+            with self.target.authorized_keys.open("a") as keys:
+                keys.write(public + "\n")
         self.emulator.set_cert_key(task_id, **certkey.fields())
         return task_id
 

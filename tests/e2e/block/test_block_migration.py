@@ -149,7 +149,9 @@ async def test_block_migrated_lvm_and_uefi_servers_boot_through_a_helper_vm_targ
         devices = [disks.add(size_mib) for _ in source.disks]
         with helpervm.helper_vm(tmp_path / "vm", devices, data_port=True) as vm:
             public = ssh_public_key(certkey.private_key, tmp_path)
-            vm.ssh("sh", "-c", "cat >> /root/.ssh/authorized_keys", input_text=public + "\n")
+            # A line of its own: the file the VM wrote at boot has no newline at its end.
+            keys = "/root/.ssh/authorized_keys"
+            vm.ssh("sh", "-c", f"echo >> {keys}; cat >> {keys}", input_text=public + "\n")
             guest = [vm.guest_device(i) for i in range(len(devices))]
             async with migration_rig(
                 tmp_path / "agent",
@@ -162,7 +164,7 @@ async def test_block_migrated_lvm_and_uefi_servers_boot_through_a_helper_vm_targ
                 stop_grace=5.0,
             ) as rig:
                 server = target_server(source, guest, size_mib * MIB, vm.ip)
-                rig.create_block_task(certkey, target_server=server)
+                rig.create_block_task(certkey, authorize=False, target_server=server)
                 await rig.start()
                 settled = await rig.settled(timeout_s=1500)
                 assert settled.result is CommandResult.success, settled.message

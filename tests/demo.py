@@ -132,7 +132,7 @@ def run_pass(emulator: EmulatorProcess, task_id: str, label: str) -> tuple[dict[
 
 @contextmanager
 def _mounted_read_only(device: str, where: Path) -> Iterator[Path]:
-    where.mkdir()
+    where.mkdir(parents=True)
     subprocess.run(["mount", "-o", "ro", device, str(where)], check=True)
     try:
         yield where

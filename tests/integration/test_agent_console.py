@@ -174,12 +174,13 @@ class TestTaskHasFinished:
 
 
 class TestTaskTypeWithoutHandler:
-    def test_migrate_block_fails_naming_the_type(
+    def test_a_type_no_handler_serves_fails_naming_the_type(
         self, emulator: EmulatorProcess, agent: AgentProcess, source_id: str
     ) -> None:
-        """START of a MIGRATE_BLOCK task, which no installed handler serves, answers `fail`
-        naming the type; the agent keeps polling."""
-        task_id = emulator.create_task(source_id, type="MIGRATE_BLOCK")
+        """START of a task whose type no installed handler serves answers `fail` naming the
+        type; the agent keeps polling."""
+        task_id = emulator.create_task(source_id)
+        emulator.patch_task(task_id, type="MIGRATE_OTHER")
         emulator.action(task_id, "start")
         emulator.wait_for(result_for("START", "fail"))
         emulator.wait_for(lambda s: "error" in copy_states(s, source_id))
@@ -188,7 +189,7 @@ class TestTaskTypeWithoutHandler:
         assert result_pairs(emulator.state(), source_id) == [("START", "fail")]
         detail = emulator.results(source_id)[0]["result_detail"]
         assert detail["error_code"] == "SMSAGENT.NO_HANDLER"
-        assert "MIGRATE_BLOCK" in detail["message"]
+        assert "MIGRATE_OTHER" in detail["message"]
         assert detail["state"] == "failed"
         assert copy_states(emulator.state(), source_id) == ["replicate", "error"]
         assert emulator.state()["tasks"][0]["state"] == "MIGRATE_FAIL"

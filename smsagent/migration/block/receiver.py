@@ -223,7 +223,6 @@ class Session:
         except (OSError, ProtocolError) as exc:
             self.sock.sendall(pack_message(ERROR, {"error": str(exc)}))
             raise
-        self.expected = int(hello.get("next_seq", 0))
         ready = {
             "codecs": sorted(self.codecs),
             "digests": block_digest() is not None,

@@ -59,7 +59,6 @@ class Receiver:
 
     process: asyncio.subprocess.Process
     port: int
-    codecs_sent: bool
     lines: list[str]
     collector: Optional[asyncio.Future[None]] = None
 
@@ -128,7 +127,7 @@ async def start_receiver(
         await process.wait()
         detail = lines[-1] if lines else f"exit {process.returncode}"
         raise TargetError(ERROR_RECEIVER, f"the block receiver did not start: {detail}")
-    receiver = Receiver(process, listening, modules is not None, lines)
+    receiver = Receiver(process, listening, lines)
     receiver.collector = asyncio.ensure_future(_collect(process.stdout, lines))
     return receiver
 

@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import time
 import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Final, Optional
+from typing import Any, Callable, Optional
 
 from smsagent.migration.block import receiver as wire
 from smsagent.migration.block.digests import DigestTable
 from smsagent.migration.block.extents import UsedMap
 from smsagent.migration.block.source import Piece, VolumeReader, changed_chunk, chunk_spans
-
-RATE_WINDOW_S: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -53,24 +50,6 @@ class PassCounters:
     frames: int = 0
     resent_frames: int = 0
     positions: dict[int, int] = field(default_factory=dict)  # volume -> acknowledged end
-    recent: deque[tuple[float, int]] = field(default_factory=deque)
-
-    def rate(self, now_s: float) -> float:
-        """Source bytes acknowledged per second over the last `RATE_WINDOW_S`."""
-        while self.recent and now_s - self.recent[0][0] > RATE_WINDOW_S:
-            self.recent.popleft()
-        if len(self.recent) < 2:
-            return 0.0
-        span = now_s - self.recent[0][0]
-        moved = self.recent[-1][1] - self.recent[0][1]
-        return moved / span if span > 0 else 0.0
-
-    @property
-    def compress_percent(self) -> float:
-        """How much compression saved on the data sent, in percent of its size."""
-        if not self.sent_bytes:
-            return 0.0
-        return max(0.0, 100.0 * (1 - self.wire_bytes / self.sent_bytes))
 
 
 Tamper = Callable[[int, bytes], bytes]
@@ -115,7 +94,6 @@ class BlockSender:
         checkpoint: Callable[[], None],
         on_ack: Optional[Callable[[PassCounters], None]] = None,
         tamper: Optional[Tamper] = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -126,7 +104,6 @@ class BlockSender:
         self._checkpoint = checkpoint
         self._on_ack = on_ack
         self._tamper = tamper
-        self._clock = clock
         self.counters = PassCounters()
         self._inflight: deque[_Frame] = deque()
         self._inflight_bytes = 0
@@ -332,7 +309,6 @@ class BlockSender:
                 table.set(frame.piece.first + number, value)
             counters.acked_bytes += frame.piece.length
             counters.positions[frame.volume.index] = frame.end
-        counters.recent.append((self._clock(), counters.acked_bytes))
         if self._on_ack is not None:
             self._on_ack(counters)
 

@@ -87,7 +87,7 @@ async def handle_command(
 
 @dataclass(frozen=True)
 class _Prepared:
-    """What the work needs, read once at its start (and again before a later sync pass)."""
+    """What the work needs, read once at its start."""
 
     settings: BlockSettings
     session: TargetSession
@@ -119,8 +119,8 @@ class _BlockMigration:
             channel = self._channel(prepared, [v.target_device for v in volumes])
             record = self._ctx.task_record()
             if action is Action.sync_task or (action is Action.resume_task and _in_sync(record)):
-                return await self._sync(prepared, stages, channel, volumes)
-            return await self._replicate(stages, channel, volumes, prepared)
+                return await self._sync(stages, channel, volumes)
+            return await self._replicate(stages, channel, volumes)
         finally:
             if channel is not None:
                 await channel.close()
@@ -196,7 +196,6 @@ class _BlockMigration:
         stages: DiskStages,
         channel: BlockChannel,
         volumes: list[BlockVolume],
-        prepared: _Prepared,
     ) -> HandlerOutcome:
         detail: dict[str, JsonValue] = {"stage": MIGRATE_STAGE.value}
         if not self._done(MIGRATE_STAGE.value):
@@ -208,7 +207,6 @@ class _BlockMigration:
 
     async def _sync(
         self,
-        prepared: _Prepared,
         stages: DiskStages,
         channel: BlockChannel,
         volumes: list[BlockVolume],
@@ -306,7 +304,15 @@ class _BlockMigration:
 
         await self._ctx.update_task(begin)
         phase = str(resume.get(_PHASE) or "full")
-        reporter = _Reporter(self, stage, volumes, total, boot_id)
+        reporter = _Reporter(
+            self._ctx,
+            self._tables,
+            lambda: self._frozen,
+            self._options.save_interval_s,
+            stage,
+            volumes,
+            boot_id,
+        )
         reports: list[PassReport] = []
         async with reporter.running():
             if phase == "full":
@@ -432,27 +438,30 @@ class _Reporter:
 
     def __init__(
         self,
-        work: _BlockMigration,
+        ctx: HandlerContext,
+        tables: dict[int, DigestTable],
+        frozen: Callable[[], bool],
+        interval_s: float,
         stage: SubtaskName,
         volumes: list[BlockVolume],
-        total: int,
         boot_id: str,
     ) -> None:
-        self._work = work
+        self._ctx = ctx
+        self._tables = tables
+        self._frozen = frozen
+        self._interval_s = interval_s
         self._stage = stage
         self._sizes = {v.index: v.size for v in volumes}
-        self._total = total
+        self._total = sum(self._sizes.values())
         self._boot_id = boot_id
         self.phase = "full"
         self._positions: dict[int, int] = {}
-        self._acked = 0
         self._sent = 0
         self._wire = 0
 
     def acked(self, counters: PassCounters) -> None:
         if self.phase == "full":
             self._positions.update(counters.positions)
-        self._acked = counters.acked_bytes
         self._sent = counters.sent_bytes
         self._wire = counters.wire_bytes
 
@@ -473,21 +482,19 @@ class _Reporter:
                 await task
 
     async def _loop(self) -> None:
-        ctx = self._work._ctx
-        interval_s = self._work._options.save_interval_s
         while True:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(self._interval_s)
             covered = self.covered()
-            await ctx.progress.report(
+            await self._ctx.progress.report(
                 self._stage, covered, self._total, bytes_sent=covered,
                 compress_percent=_saved(self._sent, self._wire),
             )  # fmt: skip
-            if not self._work._frozen:
+            if not self._frozen():
                 await self.save()
 
     async def save(self) -> None:
-        ctx = self._work._ctx
-        for table in self._work._tables.values():
+        ctx = self._ctx
+        for table in self._tables.values():
             await asyncio.to_thread(table.flush)
         positions: dict[str, JsonValue] = {str(i): p for i, p in self._positions.items()}
         resume: dict[str, JsonValue] = {

@@ -59,6 +59,13 @@ class TestBuildArgv:
         assert "--delete-delay" in argv
         assert "--delete-excluded" not in argv
 
+    def test_only_a_full_copy_keeps_partial_files(self) -> None:
+        """A sync pass has no partial dir: rsync would look for one beside every file."""
+        full = build_argv(RsyncJob("/", ("",), "/mnt/smsroot"), _session())
+        sync = build_argv(RsyncJob("/", ("",), "/mnt/smsroot", kind=PassKind.sync), _session())
+        assert "--partial-dir=.rsync-partial" in full
+        assert not any(flag.startswith("--partial") for flag in sync)
+
     def test_remote_shell_is_the_sessions_ssh(self) -> None:
         """`-e` carries the session's ssh argv, quoted so a path with a space survives."""
         session = _session()

@@ -19,7 +19,7 @@ SYSTEM_PACKAGES := rsync openssh-server openssh-client iproute2 acl attr \
 .PHONY: test lint unit demo system-deps venv clean package test-matrix
 
 test: system-deps $(STAMP) lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check smsagent tests bench

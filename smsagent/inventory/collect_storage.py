@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, Future
 from typing import Callable, Optional, TypeVar
@@ -55,10 +56,31 @@ def collect_storage(probe: Probe, pool: Executor, timeout_s: float) -> StorageFa
         inode_sizes=_inode_sizes(devices, probed, readable),
         volume_groups=tuple(_parse_or_absent("volume_groups", lvm.parse_vgs, vgs_text.result())),
         logical_volumes=tuple(
-            _parse_or_absent("logical_volumes", lvm.parse_lvs, lvs_text.result())
+            _with_device_numbers(
+                _parse_or_absent("logical_volumes", lvm.parse_lvs, lvs_text.result()), devices
+            )
         ),
         btrfs=tuple(future.result() for future in details),
     )
+
+
+def _with_device_numbers(
+    volumes: Sequence[lvm.LogicalVolumeReport], devices: Sequence[BlockDevice]
+) -> list[lvm.LogicalVolumeReport]:
+    """The LVs, each active one with its device number.
+
+    `lvs` learns the numbers from the kernel through /dev/mapper/control, which a sandbox may
+    not let it open (the agent's unit allows block devices only): it then says -1, as for an
+    inactive LV, and the LV would look unused and unmounted. lsblk reads sysfs instead, and
+    lists each active LV by its /dev/mapper name.
+    """
+    by_path = {d.path: d.major_minor for d in devices if d.kname.startswith("dm-")}
+    return [
+        lv
+        if lv.major_minor or lv.dm_path not in by_path
+        else dataclasses.replace(lv, major_minor=by_path[lv.dm_path])
+        for lv in volumes
+    ]
 
 
 def _devices(text: Optional[str]) -> list[BlockDevice]:

@@ -56,6 +56,10 @@ class MountEntry:
     mount_point: str
     fs_type: str
     source: str
+    # The file system's own (super block) state, not this mount's: in a sandbox that mounts
+    # everything read-only (systemd's ProtectSystem=strict) a file system the server writes to
+    # still says `rw` here.
+    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ def _parse_line(line: str) -> MountEntry:
         mount_point=_unescape(fields[4]),
         fs_type=fields[separator + 1],
         source=_unescape(fields[separator + 2]),
+        read_only="ro" in fields[separator + 3].split(","),
     )
 
 

@@ -375,7 +375,14 @@ class TargetPreparer:
                 continue
             await self._must(("mkdir", "-p", "--", where), f"make {where}")
             await self._must(
-                ("mount", "-t", volume.fstype, volume.device, where),
+                (
+                    "mount",
+                    "-t",
+                    volume.fstype,
+                    *_mount_options(volume.fstype),
+                    volume.device,
+                    where,
+                ),
                 f"mount {volume.device} at {where}",
                 code=MOUNT_FAILED,
             )
@@ -518,3 +525,14 @@ class TargetPreparer:
                 code, f"{what} failed on the target: {detail} ({shlex.join(argv[:3])}...)"
             )
         return result
+
+
+def _mount_options(fstype: str) -> tuple[str, ...]:
+    """Options for mounting a target file system.
+
+    XFS refuses to mount a second file system with a UUID it has mounted already. A block copy
+    gives the target the source's UUID, and a target machine made from the same image as the
+    source, or a helper with the source's disk attached, may hold one: `nouuid` skips only that
+    check.
+    """
+    return ("-o", "nouuid") if fstype == "xfs" else ()

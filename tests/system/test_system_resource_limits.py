@@ -7,7 +7,7 @@ systemd-nspawn gives the container the host's cgroup layout: on a host whose cpu
 controllers sit in cgroup v1 hierarchies (hybrid layout) the container's cgroup v2 tree has none
 of them, and this test checks the placement and the one warning per missing controller. The
 limits themselves are measured under systemd in a VM, which boots its own kernel with every
-controller: `test_system_resource_limits_vm.py`.
+controller: `test_system_agent_vm.py`.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
             "smsagent.waits",
             "smsagent.units",
             "smsagent.childproc",
+            "smsagent.outside",
             "smsagent.cgroups",
             "smsagent",
         ),
@@ -66,6 +67,7 @@ SAME_LAYER: Final[Mapping[tuple[str, str], str]] = {
     ("smsagent.cli", "smsagent.emulator"): "the `emulator` subcommand",
     ("smsagent.log", "smsagent.journal"): "journald's own protocol, when systemd-python is absent",
     ("smsagent.childproc", "smsagent.waits"): "a child's stop waits with the one wait helper",
+    ("smsagent.outside", "smsagent.childproc"): "a command outside the sandbox gets a child's env",
 }
 
 # Imports made inside a function (or by name through importlib), each with its reason.

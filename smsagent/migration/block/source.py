@@ -17,6 +17,7 @@ from typing import Final
 
 from smsagent.migration.block.digests import DigestTable, digest
 from smsagent.migration.block.extents import SUB_BLOCK, UsedMap
+from smsagent.migration.block.volumes import ERROR_SOURCE_VOLUME, VolumeError
 
 ZERO_BLOCK: Final = bytes(SUB_BLOCK)
 ZERO_DIGEST: Final = digest(ZERO_BLOCK)
@@ -68,8 +69,22 @@ def chunk_spans(used: UsedMap, chunk_bytes: int, start: int = 0) -> Iterator[tup
             first += blocks
 
 
+class SourceReadError(VolumeError):
+    """The source device cannot be read (not a dropped connection: no reconnect helps)."""
+
+    def __init__(self, device: str, offset: int, exc: OSError) -> None:
+        super().__init__(
+            ERROR_SOURCE_VOLUME, f"{device} cannot be read at byte {offset}: {exc.strerror or exc}"
+        )
+        self.device = device
+
+
 class VolumeReader:
-    """Reads chunks of one source device, bypassing the page cache where the device allows."""
+    """Reads chunks of one source device, bypassing the page cache where the device allows.
+
+    Raises:
+        SourceReadError: the device cannot be opened or read.
+    """
 
     def __init__(self, device: str, chunk_bytes: int) -> None:
         self.device = device
@@ -78,7 +93,10 @@ class VolumeReader:
             self._fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
         except OSError:
             self._direct = False
-            self._fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                self._fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise SourceReadError(device, 0, exc) from exc
         size = -(-chunk_bytes // SUB_BLOCK) * SUB_BLOCK
         self._buffer = mmap.mmap(-1, size)  # page-aligned, as O_DIRECT needs
 
@@ -89,13 +107,14 @@ class VolumeReader:
             while done < length:
                 try:
                     count = os.preadv(self._fd, [view[done:]], offset + done)
-                except OSError:
+                except OSError as exc:
                     if not self._direct:
-                        raise
+                        raise SourceReadError(self.device, offset + done, exc) from exc
                     self._reopen_buffered()
                     continue
                 if count == 0:
-                    raise OSError(f"{self.device} ended at byte {offset + done}")
+                    ended = OSError(0, "the device ends before it")
+                    raise SourceReadError(self.device, offset + done, ended)
                 done += count
             if not self._direct:
                 os.posix_fadvise(self._fd, offset, length, os.POSIX_FADV_DONTNEED)

@@ -50,6 +50,8 @@ class BlockVolume:
         fstype: its file system.
         mount_point: where the source mounts it (`/`, `/boot`), or None.
         mounted_at: where it is mounted on this host now (its map and freeze go there), or None.
+        writable: mounted, and its file system is writable: something may write to it while it
+            is copied.
     """
 
     index: int
@@ -59,6 +61,7 @@ class BlockVolume:
     fstype: str
     mount_point: Optional[str]
     mounted_at: Optional[str]
+    writable: bool = False
 
     @property
     def mapped(self) -> bool:
@@ -101,6 +104,7 @@ def block_volumes(
                 fstype=volume.fs.fstype,
                 mount_point=mount_point,
                 mounted_at=mounted.mount_point if mounted is not None else None,
+                writable=mounted is not None and not mounted.read_only,
             )
         )
     return found

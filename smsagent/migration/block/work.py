@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,15 @@ from smsagent.migration.block.extents import SUB_BLOCK, UsedMap, used_map, whole
 from smsagent.migration.block.freeze import FreezeError, frozen
 from smsagent.migration.block.sender import PassCounters, PassVolume
 from smsagent.migration.block.settings import BlockSettings, parse_block_settings
+from smsagent.migration.block.snapshot import (
+    Snapshot,
+    SnapshotError,
+    invalid,
+    remove_leftovers,
+    snapshot_map,
+    snapshots,
+)
+from smsagent.migration.block.source import SourceReadError
 from smsagent.migration.block.tls import TlsMaterial, TlsMaterialError
 from smsagent.migration.block.volumes import BlockVolume, VolumeError, block_volumes
 from smsagent.migration.disk_stages import DiskStages, until_stopped
@@ -68,6 +76,9 @@ _POSITIONS: Final = "positions"
 _PHASE: Final = "phase"
 _BOOT: Final = "boot_id"
 _CONSISTENCY: Final = "consistency"
+_BY_VOLUME: Final = "consistency_by_volume"
+# From the weakest: the task's consistency is its weakest volume's.
+CONSISTENCY_ORDER: Final = ("live", "frozen", "snapshot", "unmounted")
 _TARGET_CHANGED: Final = "target_changed_bytes"
 BOOT_ID: Final = Path("/proc/sys/kernel/random/boot_id")
 
@@ -110,6 +121,7 @@ class _BlockMigration:
         leftovers = await asyncio.to_thread(kill_leftover_movers, self._task.id)
         if leftovers:
             self._ctx.log.warning("leftover_movers_killed", pids=leftovers)
+        await remove_leftovers(self._task.id, self._ctx.log)
         prepared = await self._prepare()
         stages = DiskStages(self._ctx, self._task, prepared.session, self._root, block=True)
         channel: Optional[BlockChannel] = None
@@ -270,12 +282,22 @@ class _BlockMigration:
         that stopped answering)."""
         return await until_stopped(self._ctx, channel.run_pass(volumes, on_progress))
 
-    async def _pass_volume(self, volume: BlockVolume, start: int) -> PassVolume:
-        used = await asyncio.to_thread(_used_map, volume)
+    async def _pass_volume(
+        self, volume: BlockVolume, start: int, snapshot: Optional[Snapshot] = None
+    ) -> PassVolume:
+        """The volume as a pass reads it: from `snapshot` where it has one (its map too)."""
+        if snapshot is None:
+            used = await asyncio.to_thread(_used_map, volume)
+            device = volume.source_device
+        else:
+            workdir = self._ctx.settings.state_dir / "block" / self._task.id
+            used = await asyncio.to_thread(
+                snapshot_map, snapshot, volume.fstype, volume.size, str(workdir)
+            )
+            device = snapshot.device
         return PassVolume(
-            volume.index, volume.source_device, volume.target_device, used, self._table(volume),
-            start,
-        )  # fmt: skip
+            volume.index, device, volume.target_device, used, self._table(volume), start
+        )
 
     async def _copy(
         self, stage: SubtaskName, channel: BlockChannel, volumes: list[BlockVolume]
@@ -315,28 +337,30 @@ class _BlockMigration:
         )
         reports: list[PassReport] = []
         async with reporter.running():
-            if phase == "full":
-                reporter.phase = "full"
-                pass_volumes = [
-                    await self._pass_volume(v, positions.get(v.index, 0)) for v in volumes
-                ]
-                for pv in pass_volumes:
-                    pv.table.clear_outside(pv.used.runs())
-                reports.append(await self._pass(channel, pass_volumes, reporter.acked))
+            snapped = await self._snapshot_passes(
+                channel, volumes, phase, positions, reporter, reports
+            )
+            live = [v for v in volumes if v.index not in snapped]
             reporter.phase = "converge"
             await reporter.save()
-            for _ in range(CONVERGE_PASSES):
-                live = [await self._pass_volume(v, 0) for v in volumes]
-                report = await self._pass(channel, live, reporter.acked)
-                reports.append(report)
-                used = sum(pv.used.used_bytes for pv in live)
-                if report.sent_bytes + report.zero_bytes <= max(
-                    CONVERGED_MIN_BYTES, CONVERGED_SHARE * used
-                ):
-                    break
-            consistency = await self._final_pass(channel, volumes, reporter, reports)
+            final = "unmounted"
+            if any(v.writable for v in live):
+                for _ in range(CONVERGE_PASSES):
+                    passing = [await self._pass_volume(v, 0) for v in live]
+                    report = await self._pass(channel, passing, reporter.acked)
+                    reports.append(report)
+                    used = sum(pv.used.used_bytes for pv in passing)
+                    if report.sent_bytes + report.zero_bytes <= max(
+                        CONVERGED_MIN_BYTES, CONVERGED_SHARE * used
+                    ):
+                        break
+                final = await self._final_pass(channel, live, reporter, reports)
+        by_volume = _consistency(volumes, snapped, final)
+        consistency = min(by_volume.values(), key=CONSISTENCY_ORDER.index, default="unmounted")
         done_s = self._ctx.clock()
-        final_resume: dict[str, JsonValue] = {_PHASE: "done", _CONSISTENCY: consistency}
+        final_resume: dict[str, JsonValue] = {
+            _PHASE: "done", _CONSISTENCY: consistency, _BY_VOLUME: dict(by_volume),
+        }  # fmt: skip
         await self._ctx.update_task(
             lambda r: r.record_progress(
                 stage.value, total, total, done_s, final_resume
@@ -359,9 +383,51 @@ class _BlockMigration:
             "reconnects": sum(r.reconnects for r in reports),
             "resent_frames": sum(r.resent_frames for r in reports),
             "consistency": consistency,
+            "consistency_by_volume": dict(by_volume),
         }
         self._ctx.log.info("block_pass_done", stage=stage.value, **detail)
         return detail
+
+    async def _snapshot_passes(
+        self,
+        channel: BlockChannel,
+        volumes: list[BlockVolume],
+        phase: str,
+        positions: dict[int, int],
+        reporter: _Reporter,
+        reports: list[PassReport],
+    ) -> set[int]:
+        """The full pass (all volumes; those on logical volumes read from their snapshots), and
+        a pass bringing a snapshot volume copied in part from an earlier snapshot (a resumed
+        copy) to this one. The indexes of the volumes that are a point in time now: none when a
+        snapshot failed (its volumes are then copied as the others are)."""
+        candidates = [v for v in volumes if v.writable and v.mapped]
+        async with snapshots(candidates, self._task.id, self._ctx.log) as taken:
+            try:
+                if phase == "full":
+                    reporter.phase = "full"
+                    passing = [
+                        await self._pass_volume(v, positions.get(v.index, 0), taken.get(v.index))
+                        for v in volumes
+                    ]
+                    for pv in passing:
+                        pv.table.clear_outside(pv.used.runs())
+                    reports.append(await self._pass(channel, passing, reporter.acked))
+                behind = [
+                    v
+                    for v in volumes
+                    if v.index in taken and (phase != "full" or positions.get(v.index, 0) > 0)
+                ]
+                if behind:
+                    reporter.phase = "converge"
+                    passing = [await self._pass_volume(v, 0, taken[v.index]) for v in behind]
+                    reports.append(await self._pass(channel, passing, reporter.acked))
+            except (SourceReadError, SnapshotError) as exc:
+                if isinstance(exc, SourceReadError) and not await invalid(list(taken.values())):
+                    raise
+                self._ctx.log.warning("source_snapshot_given_up", error=str(exc))
+                return set()
+        return set(taken)
 
     async def _final_pass(
         self,
@@ -376,11 +442,7 @@ class _BlockMigration:
         file systems' journals repair at the first mount)."""
         # A file system mounted read-only does not change: it needs no freeze (and one through
         # FUSE could not have one).
-        mount_points = [
-            v.mounted_at
-            for v in volumes
-            if v.mounted_at is not None and not _read_only(v.mounted_at)
-        ]
+        mount_points = [v.mounted_at for v in volumes if v.writable and v.mounted_at is not None]
         if not mount_points:
             return "unmounted"
         limit_s = self._ctx.settings.block_freeze_max
@@ -506,11 +568,18 @@ class _Reporter:
         )
 
 
-def _read_only(mount_point: str) -> bool:
-    try:
-        return bool(os.statvfs(mount_point).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
+def _consistency(volumes: Sequence[BlockVolume], snapped: set[int], final: str) -> dict[str, str]:
+    """Each volume's consistency (by its mount point, else its target device)."""
+    found: dict[str, str] = {}
+    for volume in volumes:
+        name = volume.mount_point or volume.target_device
+        if volume.index in snapped:
+            found[name] = "snapshot"
+        elif volume.writable:
+            found[name] = final
+        else:
+            found[name] = "unmounted"
+    return found
 
 
 def _used_map(volume: BlockVolume) -> UsedMap:

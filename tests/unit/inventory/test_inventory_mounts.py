@@ -68,6 +68,17 @@ class TestParseMountinfo:
             38, 22, (0, 50), "/", "/var/lib/docker/overlay2/abc/merged", "overlay", "overlay"
         )
 
+    def test_read_only_is_the_file_systems_not_the_mounts(self) -> None:
+        """A sandbox that mounts everything read-only (ProtectSystem=strict) leaves the super
+        block's options `rw`: the server still writes to that file system, so it is not
+        read-only. One mounted read-only everywhere says `ro` in both."""
+        text = (
+            "40 22 253:1 / /var ro,relatime shared:2 - xfs /dev/mapper/vg-var rw,attr2\n"
+            "41 22 7:0 / /media/cd ro,relatime shared:3 - iso9660 /dev/loop0 ro,nojoliet\n"
+        )
+        var, cd = parse_mountinfo(text)
+        assert (var.read_only, cd.read_only) == (False, True)
+
     def test_escapes(self) -> None:
         """Octal escapes (a space is `\\040`) are decoded, also in the root and the source."""
         entry = parse_mountinfo("35 22 253:3 /a\\011b /data\\040disk rw - ext4 /dev/x\\134y rw")[0]

@@ -216,6 +216,30 @@ class TestRealServers:
             ("/var", "/dev/rhel/var"),
         ]
 
+    def test_lvs_without_device_numbers_as_in_the_agents_sandbox(self) -> None:
+        """Under its unit `lvs` may not open /dev/mapper/control and gives -1 for every LV's
+        device number, as for an inactive one: the active LVs are still found (by lsblk's
+        /dev/mapper names), with their file systems and mount points."""
+
+        class SandboxedProbe(RecordedProbe):
+            def run(self, argv: Sequence[str], *args: Any, **kwargs: Any) -> Optional[str]:
+                text = super().run(argv, *args, **kwargs)
+                if argv[0] == "lvs" and text is not None:
+                    text = re.sub(
+                        r'"lv_kernel_(major|minor)": "\d+"', r'"lv_kernel_\1": "-1"', text
+                    )
+                    assert '"-1"' in text
+                return text
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            facts = collect_storage(SandboxedProbe("gpt_bios_lvm"), pool, 5.0)
+        body = assemble_body(HOST, build_layout(facts), server_name="s", agent_version="1.0")
+        (group,) = body.volume_groups or []
+        assert [(lv.name, lv.file_system, lv.mount_point) for lv in group.logical_volumes] == [
+            ("root", "ext4", "/"),
+            ("var", "xfs", "/var"),
+        ]
+
     def test_gpt_uefi_on_nvme(self) -> None:
         """Debian 12 on nvme0n1: the ESP makes it UEFI; partition paths take the `p`."""
         layout = layout_of("gpt_uefi")

@@ -1,4 +1,13 @@
-"""The movers' resource limits measured under real systemd with a real cgroup v2 tree: a VM.
+"""The packaged agent under real systemd in a VM: what needs a kernel of the test's own.
+
+Two scenarios share one booted VM (booting and installing take minutes under TCG):
+
+* The movers' resource limits, measured with a real cgroup v2 tree (below).
+* A block-level migration of a server whose file systems are on LVM, copied from LVM snapshots
+  (this host's kernel has no device-mapper): see
+  `test_block_copy_of_logical_volumes_reads_snapshots_removed_even_after_a_kill`.
+
+Resource limits.
 
 The issue asks for the limits under systemd in systemd-nspawn. A container gets the host's
 cgroup layout, and on a host without systemd as PID 1 and with a hybrid layout its cgroup v2 tree
@@ -34,13 +43,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 import pytest
 
-from tests.support import agentvm, helpervm
+from tests.support import agentvm, helpervm, sourcesys
+from tests.support.blocktls import make_cert_key, ssh_public_key
 from tests.support.emulator import EmulatorProcess
 from tests.support.helpervm import HelperVM, helper_vm
+from tests.support.wholeserver import EXTRA_MIB, target_server
 
 if TYPE_CHECKING:
     from tests.system.conftest import Packages
@@ -48,6 +59,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.timeout(1500)]
 
 MIB = 2**20
+T = TypeVar("T")
 AK = "VMLIMITSTESTAK000001"
 SK = "vm-limits-test-secret-key-0123456789"
 SOURCE_MOUNT = "/srv/source"
@@ -116,14 +128,14 @@ with open(out, "w", buffering=1) as log:
 def _report(request: pytest.FixtureRequest, line: str) -> None:
     """Show a measurement in pytest's output, also without `-s` (and in the JUnit XML)."""
     if isinstance(request.node, pytest.Item):
-        request.node.user_properties.append(("resource_limits", line))
+        request.node.user_properties.append(("agent_vm", line))
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is None:
         return
     suspended = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
     with suspended:
-        reporter.write_line(f"[resource limits vm] {line}")
+        reporter.write_line(f"[agent vm] {line}")
 
 
 @dataclass(frozen=True)
@@ -174,25 +186,50 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProce
 
 
 @pytest.fixture(scope="module")
+def lvm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sourcesys.SourceSystem]:
+    """A real Debian 12 server on LVM (layout b: LV root ext4 /, LV var xfs /var) on a disk
+    image for the VM, unmounted here."""
+    reason = sourcesys.missing_requirements()
+    if reason is not None:
+        pytest.skip(reason)
+    sourcesys.sweep_stale()
+    # MODULES=dep: the copy's initramfs is built again in the VM, under TCG.
+    with sourcesys.source_system(
+        "gpt-bios-lvm",
+        tmp_path_factory.mktemp("lvm-server"),
+        vg_name=LVM_VG,
+        initramfs_modules="dep",
+    ) as server:
+        server.unmount_tree()  # from here on only the VM uses its disk
+        yield server
+
+
+@pytest.fixture(scope="module")
 def agent_vm(
     tmp_path_factory: pytest.TempPathFactory,
     packages: Packages,
     emulator: EmulatorProcess,
+    lvm_server: sourcesys.SourceSystem,
     request: pytest.FixtureRequest,
 ) -> Iterator[HelperVM]:
-    """A helper VM with the source on vdb, the target's root on vdc, and the packaged agent
-    running as smsagent.service against the emulator."""
+    """A helper VM with the limits test's source on vdb and target root on vdc, the LVM server
+    (`lvm_source`) on vdd and its target disk on vde, and the packaged agent running as
+    smsagent.service against the emulator."""
     reason = helpervm.missing_requirements()
     if reason is not None:
         pytest.skip(reason)
     helpervm.sweep_stale()
-    work = tmp_path_factory.mktemp("limits-vm")
+    work = tmp_path_factory.mktemp("agent-vm")
     tree = work / "tree"
     _write_tree(tree)
     source = _ext4_image(work / "source.img", "1G", tree, "smssource")
     target = _ext4_image(work / "target.img", "1G", None, "smstarget")
     dependencies = agentvm.dependency_debs()
-    with helper_vm(work / "vm", [source, target]) as vm:
+    block_target = work / "block-target.img"
+    with block_target.open("wb") as image:
+        image.truncate(lvm_server.disk_size_bytes + EXTRA_MIB * MIB)
+    disks = [source, target, lvm_server.images[0], block_target]
+    with helper_vm(work / "vm", disks, memory_mib=1536) as vm:
         _report(request, f"boot to SSH (TCG): {vm.boot_seconds:.1f} s")
         vm.ssh("mkdir", "-p", SOURCE_MOUNT)
         vm.ssh("mount", vm.guest_device(0), SOURCE_MOUNT)
@@ -200,23 +237,32 @@ def agent_vm(
         began = time.monotonic()
         agentvm.install_agent(vm, packages.deb, dependencies)
         _report(request, f"package installed in the VM in {time.monotonic() - began:.1f} s")
-        settings = {
-            **emulator.agent_env(),
-            "SMSAGENT_ENDPOINT": f"http://{agentvm.QEMU_HOST}:{emulator.port}",
-            # The host's loopback is not the guest's: plain HTTP needs saying so.
-            "SMSAGENT_ALLOW_INSECURE_HTTP": "true",
-            "SMSAGENT_ACCEPT_PRIVACY_STATEMENT": "true",
-            "SMSAGENT_POLL_INTERVAL": "1",
-            "SMSAGENT_ACTIVE_POLL_INTERVAL": "1",
-            "SMSAGENT_SOURCE_ROOT": SOURCE_MOUNT,
-            "SMSAGENT_TARGET_LAYOUT": "premounted",
-            "SMSAGENT_TARGET_ROOT": vm.root,
-        }
-        env_text = "".join(f"{name}={value}\n" for name, value in settings.items())
-        vm.ssh("sh", "-c", "cat >/etc/smsagent/smsagent.env", input_text=env_text)
+        _write_env(
+            vm,
+            emulator,
+            SMSAGENT_SOURCE_ROOT=SOURCE_MOUNT,
+            SMSAGENT_TARGET_LAYOUT="premounted",
+            SMSAGENT_TARGET_ROOT=vm.root,
+        )
         vm.ssh("sh", "-c", "cat >/root/sampler.py", input_text=SAMPLER)
         vm.ssh("systemctl", "start", "smsagent.service", timeout=300)
         yield vm
+
+
+def _write_env(vm: HelperVM, emulator: EmulatorProcess, **settings: str) -> None:
+    """The agent's env file: the emulator on the host, fast polls, and `settings`."""
+    values = {
+        **emulator.agent_env(),
+        "SMSAGENT_ENDPOINT": f"http://{agentvm.QEMU_HOST}:{emulator.port}",
+        # The host's loopback is not the guest's: plain HTTP needs saying so.
+        "SMSAGENT_ALLOW_INSECURE_HTTP": "true",
+        "SMSAGENT_ACCEPT_PRIVACY_STATEMENT": "true",
+        "SMSAGENT_POLL_INTERVAL": "1",
+        "SMSAGENT_ACTIVE_POLL_INTERVAL": "1",
+        **settings,
+    }
+    env_text = "".join(f"{name}={value}\n" for name, value in values.items())
+    vm.ssh("sh", "-c", "cat >/etc/smsagent/smsagent.env", input_text=env_text)
 
 
 def _configure(emulator: EmulatorProcess, task_id: str, **values: str) -> None:
@@ -304,3 +350,197 @@ def test_limits_hold_for_the_movers_of_a_task(
     assert cpu.per_s / 1e6 <= 0.25, cpu
     landed = vm.ssh("cmp", f"{SOURCE_MOUNT}/cpu/new.bin", f"{vm.root}/cpu/new.bin", check=False)
     assert landed.returncode == 0, landed.stdout + landed.stderr
+
+
+# -- a block-level migration from LVM snapshots --
+
+LVM_VG = "vgsnap"
+LVM_TARGET_VG = "vgsnaptgt"  # not the source's: both groups live in the one VM
+LVM_ROOT = "/srv/lvmserver"
+WRITER_UNIT = "smsagent-test-writer"
+MIGRATE_BLOCK = "MIGRATE_LINUX_BLOCK"
+# The server's workload during the copy: numbered 64 KiB files under /var/writer, each written,
+# fsync'd and renamed into place, two a second. A point-in-time copy holds files 0..k, every one
+# whole; a copy taken while they were written may hold a name without its data.
+WRITER = """
+import os, sys, time
+where = sys.argv[1]
+os.makedirs(where, exist_ok=True)
+number = 0
+while True:
+    path = os.path.join(where, "%08d" % number)
+    with open(path + ".tmp", "wb") as f:
+        f.write((b"%08d\\n" % number) * 7282)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(path + ".tmp", path)
+    number += 1
+    time.sleep(0.5)
+"""
+# Run in the VM on the target's /var: the writer's files are gapless from 0 and whole.
+CHECK_WRITER = """
+import os, sys
+where = sys.argv[1]
+names = sorted(n for n in os.listdir(where) if not n.endswith(".tmp"))
+assert names == ["%08d" % i for i in range(len(names))], names[:5]
+for name in names:
+    with open(os.path.join(where, name), "rb") as f:
+        assert f.read() == (name.encode() + b"\\n") * 7282, name
+print(len(names))
+"""
+
+
+def _snapshots(vm: HelperVM) -> list[str]:
+    """The agent's snapshots in the VM (tagged `smsagent`)."""
+    listed = vm.ssh("lvs", "--noheadings", "-o", "vg_name,lv_name", "@smsagent", check=False)
+    return ["/".join(line.split()) for line in listed.stdout.splitlines() if line.strip()]
+
+
+def _until(what: str, probe: Callable[[], T], timeout_s: float) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def _explained(vm: HelperVM, emulator: EmulatorProcess, results_before: int) -> Iterator[None]:
+    """A failed wait says what the agent did: its results and the end of its journal."""
+    try:
+        yield
+    except AssertionError as error:
+        results = json.dumps(emulator.results()[results_before:], indent=1)[-3000:]
+        journal = vm.ssh(
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "cat",
+            "-n",
+            "80",
+            "--unit=smsagent.service",
+            check=False,
+        ).stdout
+        raise AssertionError(f"{error}\nresults: {results}\njournal:\n{journal}") from None
+
+
+def _delete_tasks(emulator: EmulatorProcess, source_id: str) -> None:
+    """DeleteTask for the source's task, as the console does before a new task."""
+    answer = emulator.signed_request("GET", "/v3/tasks")
+    assert answer.status == 200, answer
+    for task in json.loads(answer.body)["tasks"]:
+        if task["source_server"]["id"] == source_id:
+            deleted = emulator.signed_request("DELETE", f"/v3/tasks/{task['id']}")
+            assert deleted.status in (200, 204), deleted
+
+
+@pytest.mark.timeout(1800)
+def test_block_copy_of_logical_volumes_reads_snapshots_removed_even_after_a_kill(
+    agent_vm: HelperVM,
+    emulator: EmulatorProcess,
+    lvm_server: sourcesys.SourceSystem,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """A server on LVM (/ ext4 and /var xfs on LVs) migrated at block level while it writes:
+    each LV is read from an LVM snapshot, so its copy is one point in time with no freeze. The
+    agent killed (-9) mid-copy leaves no snapshot behind; restarted by systemd it resumes, and
+    the copy ends as one point in time again: the writer's files on the target are gapless and
+    whole, the file systems check clean, and no snapshot is left."""
+    vm = agent_vm
+    started = time.monotonic()
+    # The limits test's target root: the block task's target is a disk of its own.
+    vm.ssh("umount", vm.root, check=False)
+    vm.ssh("vgchange", "--activate", "y", LVM_VG)
+    vm.ssh("mkdir", "-p", LVM_ROOT)
+    vm.ssh("mount", f"/dev/{LVM_VG}/root", LVM_ROOT)
+    vm.ssh("mount", f"/dev/{LVM_VG}/var", f"{LVM_ROOT}/var")
+    source_id = emulator.wait_for(lambda s: s["sources"], timeout_s=180)[0]["id"]
+    _delete_tasks(emulator, source_id)
+    _write_env(vm, emulator, SMSAGENT_SOURCE_ROOT=LVM_ROOT)
+    vm.ssh("systemctl", "restart", "smsagent.service", timeout=300)
+
+    certkey = make_cert_key(tmp_path / "tls")
+    public = ssh_public_key(certkey.private_key, tmp_path)
+    keys = "/root/.ssh/authorized_keys"
+    vm.ssh("sh", "-c", f"echo >> {keys}; cat >> {keys}", input_text=public + "\n")
+    size = lvm_server.disk_size_bytes + EXTRA_MIB * MIB
+    server = target_server(lvm_server, [vm.guest_device(3)], size, "127.0.0.1")
+    for group in server["volume_groups"]:
+        group["name"] = LVM_TARGET_VG
+    task_id = emulator.create_task(source_id, type="MIGRATE_BLOCK", target_server=server)
+    emulator.set_cert_key(task_id, **certkey.fields())
+
+    vm.ssh("sh", "-c", "cat >/root/writer.py", input_text=WRITER)
+    writer = ["systemd-run", "--quiet", "--collect", f"--unit={WRITER_UNIT}", "python3"]
+    vm.ssh(*writer, "/root/writer.py", f"{LVM_ROOT}/var/writer")
+    before = len(emulator.results())
+
+    def result() -> Optional[dict[str, Any]]:
+        found = [r for r in emulator.results()[before:] if r["command_name"] == "START"]
+        return found[0] if found else None
+
+    def snapshots_taken() -> list[str]:
+        """Both LVs' snapshots (lvcreate makes one at a time)."""
+        if result() is not None:
+            raise AssertionError("the START was answered before the snapshots were taken")
+        found = _snapshots(vm)
+        return found if len(found) >= 2 else []
+
+    try:
+        with _explained(vm, emulator, before):
+            emulator.action(task_id, "start")
+            taken = _until("the snapshots", snapshots_taken, 600)
+            assert len(taken) == 2 and all("/smsagent_snap_" in n for n in taken), taken
+
+            def copying() -> bool:
+                if result() is not None:
+                    raise AssertionError("the START was answered before the copy was killed")
+                reports = emulator.progress(task_id)
+                return any(
+                    r["subtask_name"] == MIGRATE_BLOCK and r["replicatesize"] for r in reports
+                )
+
+            _until("the copy's first progress", copying, 600)
+            vm.ssh("systemctl", "kill", "--signal=KILL", "smsagent.service")
+            killed = time.monotonic()
+            _until("the snapshots removed after the kill", lambda: not _snapshots(vm), 120)
+            removed_s = time.monotonic() - killed
+
+            # systemd starts the agent again; the START, never answered, comes again and resumes.
+            outcome = _until("the START's result", result, 1500)
+    finally:
+        vm.ssh("systemctl", "stop", WRITER_UNIT, check=False)
+    assert outcome["result"] == "success", outcome
+    detail = outcome["result_detail"]
+    assert detail["consistency_by_volume"] == {"/": "snapshot", "/var": "snapshot"}, detail
+    assert detail["consistency"] == "snapshot", detail
+    assert _snapshots(vm) == []
+    journal = vm.ssh("journalctl", "--no-pager", "-o", "cat", "--unit=smsagent.service").stdout
+    assert "source_snapshot_taken" in journal and "source_snapshot_removed" in journal
+    assert "source_frozen" not in journal  # the snapshots made a freeze needless
+
+    vm.ssh("vgchange", "--activate", "y", LVM_TARGET_VG)
+    try:
+        vm.ssh("e2fsck", "-fn", f"/dev/{LVM_TARGET_VG}/root")
+        vm.ssh("xfs_repair", "-n", f"/dev/{LVM_TARGET_VG}/var")
+        vm.ssh("mkdir", "-p", "/mnt/check")
+        # nouuid: the source's /var, mounted, has the same UUID.
+        vm.ssh("mount", "-o", "ro,nouuid", f"/dev/{LVM_TARGET_VG}/var", "/mnt/check")
+        try:
+            vm.ssh("sh", "-c", "cat >/root/check.py", input_text=CHECK_WRITER)
+            files = int(vm.ssh("python3", "/root/check.py", "/mnt/check/writer").stdout)
+        finally:
+            vm.ssh("umount", "/mnt/check", check=False)
+    finally:
+        vm.ssh("vgchange", "--activate", "n", LVM_TARGET_VG, check=False)
+    assert files > 0
+    _report(
+        request,
+        f"LVM snapshots: removed {removed_s:.1f} s after the agent's kill; the copy holds "
+        f"{files} whole writer files; {detail['passes']} passes, the test took "
+        f"{time.monotonic() - started:.0f} s",
+    )

@@ -258,23 +258,27 @@ class BlockSender:
             self._writer.write(wire.HEADER.pack(wire.FLUSH, 0, last, 0, 0, 0, 0, 0))
             await self._writer.drain()
 
+    # Both waits clear the event before they send: a reply that arrives while they send (the
+    # last acknowledgement, say) sets it again and is not lost, or they would wait for a reply
+    # that never comes.
+
     async def _until_acked(self) -> None:
         while self._inflight:
             self._raise_failure()
             self._checkpoint()
+            self._window_open.clear()
             if self._rewind is not None:
                 await self._send_flush()
-            self._window_open.clear()
             await self._window_open.wait()
         self._raise_failure()
 
     async def _wait_window(self, length: int) -> None:
         while self._inflight and self._inflight_bytes + length > self._window_bytes:
             self._raise_failure()
+            self._window_open.clear()
             if self._rewind is not None:
                 await self._go_back()
             await self._send_ready(block=True)
-            self._window_open.clear()
             await self._window_open.wait()
 
     def _raise_failure(self) -> None:

@@ -311,7 +311,9 @@ def test_a_plain_text_peer_is_refused(rig: Rig, target_session: TargetSession) -
 def test_a_cut_connection_resumes_without_resending(
     rig: Rig, target_session: TargetSession, target_host: TargetHost
 ) -> None:
-    proxy = Proxy((target_host.ip, 8900), cut_after=40 * MIB)
+    # Half of the files' 70 MiB is random, so more than 35 MiB cross the wire whatever else
+    # is compressed away (how much of the metadata holds garbage depends on ext4's lazy init).
+    proxy = Proxy((target_host.ip, 8900), cut_after=20 * MIB)
     table = rig.table()
 
     async def scenario() -> PassReport:

@@ -135,3 +135,17 @@ def collect(root_wheel: Path, python_versions: Sequence[str], wheel_dir: Path) -
             names = sorted(w.path.name for w in wheels)
         manifest = wheel_dir / f"requirements-{python_version}.txt"
         manifest.write_text("".join(f"{name}\n" for name in names))
+    add_installer(python_versions[0], wheel_dir)
+
+
+def add_installer(oldest_python: str, wheel_dir: Path) -> None:
+    """Put pip's wheel in `wheel_dir`: `setup-venv` runs pip from it (`python pip-*.whl/pip`),
+    so the venv is made without one. A pure-Python wheel for the oldest version runs on all."""
+    with tempfile.TemporaryDirectory(prefix="smsagent-pip-") as scratch:
+        pip_download(["pip"], oldest_python, Path(scratch))
+        found = sorted(Path(scratch).glob("pip-*-py3-none-any.whl"))
+        if len(found) != 1:
+            raise RuntimeError(f"expected one pip wheel for Python {oldest_python}, got {found}")
+        for stale in wheel_dir.glob("pip-*.whl"):
+            stale.unlink()
+        shutil.copy2(found[0], wheel_dir / found[0].name)

@@ -34,7 +34,6 @@ BASE_PACKAGES = (
     "systemd-sysv",
     "dbus",
     "python3",
-    "python3-venv",
     "rsync",
     "openssh-client",
     "iproute2",

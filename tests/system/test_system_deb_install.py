@@ -104,13 +104,19 @@ class TestInstall:
     def test_command_runs_from_the_private_venv(
         self, container: nspawn.Container, apt_output: str
     ) -> None:
-        """`smsagent` is on the PATH and runs on the host's python3 in its own venv."""
+        """`smsagent` is on the PATH and runs on the host's python3 in its own venv, made on a
+        Debian without python3-venv (ensurepip): pip ran from its wheel, the venv has none."""
+        venv_module = container.exec(
+            ["dpkg-query", "--show", "--showformat=${Status}", "python3-venv"], check=False
+        )
         target = container.exec(["readlink", "-f", "/usr/bin/smsagent"]).stdout.strip()
         version = container.exec(["smsagent", "version"]).stdout.splitlines()[0]
         base = container.exec(
             ["/usr/lib/smsagent/venv/bin/python", "-c", "import sys; print(sys.base_prefix)"]
         ).stdout.strip()
 
+        assert "installed" not in venv_module.stdout.split(), venv_module.stdout
+        assert not container.path("/usr/lib/smsagent/venv/bin/pip").exists()
         assert target.startswith("/usr/lib/smsagent/venv/")
         assert version == f"smsagent {__version__}"
         assert base == "/usr"

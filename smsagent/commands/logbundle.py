@@ -46,6 +46,7 @@ from smsagent.log import (
     redact_private_keys,
     scrub,
 )
+from smsagent.taskfiles import KEYS_DIR
 
 MEMBER_LIMIT_BYTES: Final = 4 * 1024 * 1024
 STATE_FILE_LIMIT_BYTES: Final = 1024 * 1024
@@ -53,7 +54,6 @@ JOURNAL_LINES: Final = 5000
 TASK_JOURNAL_LINES: Final = 20000
 COMMAND_TIMEOUT_S: Final = 60.0
 CHECK_TIMEOUT_S: Final = 10.0
-KEYS_DIR: Final = "keys"
 CUT_NOTE: Final = b"[cut: only the last part is kept]\n"
 
 

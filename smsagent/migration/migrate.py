@@ -59,6 +59,7 @@ from smsagent.migration.speedlimit import SpeedLimitWatch
 from smsagent.target.configure_report import ConfigureError
 from smsagent.target.prepare import PrepareError
 from smsagent.target.session import TargetError, TargetSession, check_host, store_private_key
+from smsagent.taskfiles import remove_other_tasks
 from smsagent.waits import wait_any
 
 T = TypeVar("T")
@@ -105,6 +106,7 @@ async def run_command(
         if task is None:
             task_id = command.task_id or ""
             task = await sms_call(ctx, options, lambda: ctx.client.show_task(task_id))
+        await remove_other_tasks_files(ctx, task.id)
         if command.action is Action.run_premigrate:
             return await run_premigrate(ctx, dataclasses.replace(command, task=task))
         return await work(task)
@@ -113,6 +115,18 @@ async def run_command(
         ctx.log.warning("migration_failed", error_code=code, error=message)
         state = State.idle if command.action is Action.run_premigrate else State.failed
         return HandlerOutcome.failure(code, message, next_state=state)
+
+
+async def remove_other_tasks_files(ctx: HandlerContext, task_id: str) -> None:
+    """Once the agent holds `task_id`, every other task's keys and working files on this server
+    are leftovers (a deleted or replaced task): remove them."""
+    if ctx.tasks.record_of(task_id) is None:
+        return  # the agent holds another task (or none): its files stay
+    removed, kept = await asyncio.to_thread(remove_other_tasks, ctx.settings.state_dir, task_id)
+    if removed:
+        ctx.log.info("task_files_removed", tasks=removed)
+    if kept:
+        ctx.log.warning("task_files_kept", paths=[str(path) for path in kept])
 
 
 def failure_reason(exc: Exception) -> tuple[str, str]:

@@ -23,6 +23,7 @@ from smsagent.childproc import (
     mover_env,
     stop_process,
 )
+from smsagent.taskfiles import KEYS_DIR, KNOWN_HOSTS_DIR
 from smsagent.waits import within
 
 # SMS error codes of the target connection (spec §6.3).
@@ -111,8 +112,8 @@ def task_key_paths(state_dir: Path, task_id: str) -> TaskKeyPaths:
         msg = f"task_id {task_id!r} is not a valid task id (letters, digits, '.', '_', '-')"
         raise ValueError(msg)
     return TaskKeyPaths(
-        private_key=state_dir / "keys" / f"{task_id}.key",
-        known_hosts=state_dir / "known_hosts" / task_id,
+        private_key=state_dir / KEYS_DIR / f"{task_id}.key",
+        known_hosts=state_dir / KNOWN_HOSTS_DIR / task_id,
     )
 
 

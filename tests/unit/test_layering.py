@@ -52,6 +52,7 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
             "smsagent.units",
             "smsagent.childproc",
             "smsagent.outside",
+            "smsagent.taskfiles",
             "smsagent.cgroups",
             "smsagent",
         ),

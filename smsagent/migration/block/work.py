@@ -57,6 +57,7 @@ from smsagent.migration.options import MigrateOptions
 from smsagent.target.layout import LayoutError, parse_layout
 from smsagent.target.prepare import PrepareError
 from smsagent.target.session import TargetSession
+from smsagent.taskfiles import block_dir
 
 T = TypeVar("T")
 
@@ -185,7 +186,7 @@ class _BlockMigration:
             prepared.material,
             devices,
             options,
-            settings.state_dir / "block" / self._task.id / "tls",
+            block_dir(settings.state_dir, self._task.id) / "tls",
             self._ctx.cancel.raise_if_cancelled,
             self._ctx.log,
         )
@@ -194,7 +195,7 @@ class _BlockMigration:
         table = self._tables.get(volume.index)
         if table is None:
             name = f"{volume.index}-{volume.target_device.strip('/').replace('/', '_')}.digests"
-            path = self._ctx.settings.state_dir / "block" / self._task.id / name
+            path = block_dir(self._ctx.settings.state_dir, self._task.id) / name
             table = self._tables[volume.index] = DigestTable(path, volume.size)
         return table
 
@@ -290,7 +291,7 @@ class _BlockMigration:
             used = await asyncio.to_thread(_used_map, volume)
             device = volume.source_device
         else:
-            workdir = self._ctx.settings.state_dir / "block" / self._task.id
+            workdir = block_dir(self._ctx.settings.state_dir, self._task.id)
             used = await asyncio.to_thread(
                 snapshot_map, snapshot, volume.fstype, volume.size, str(workdir)
             )

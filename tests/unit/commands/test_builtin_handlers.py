@@ -13,6 +13,8 @@ from smsagent.agent.machine import Action, State
 from smsagent.agent.store import TASK, TaskRecord
 from smsagent.agent.work import CancelReason
 from smsagent.api.enums import CommandName, CommandResult
+from smsagent.target.session import store_private_key
+from smsagent.taskfiles import block_dir
 from tests.support.agentcore import Runner, envelope
 
 
@@ -139,3 +141,24 @@ class TestDelete:
         assert outcome.message == "the task is not known here"
         record = runner.store.load(TASK).value
         assert (record.task_id if record else None) == stored
+
+    @pytest.mark.parametrize("stored", ["t1", None, "other"])
+    async def test_removes_the_tasks_key_and_working_files(
+        self, runner: Runner, stored: str | None
+    ) -> None:
+        """The deleted task's SSH key, pinned host key and block files leave the server, held
+        or not; another task's stay."""
+        state_dir = runner.settings.state_dir
+        for task_id in ("t1", "other"):
+            store_private_key(state_dir, task_id, "-----BEGIN OPENSSH PRIVATE KEY-----\n")
+            (state_dir / "known_hosts" / task_id).write_text("target ssh-ed25519 AAAA\n")
+            (block_dir(state_dir, task_id) / "tls").mkdir(parents=True)
+            (block_dir(state_dir, task_id) / "0-dev_vdb1.digests").write_bytes(b"\0" * 64)
+        if stored:
+            runner.remember(_record(State.stopped, stored))
+
+        await runner.command(envelope(CommandName.DELETE, Action.forget_task))
+
+        left = {str(p.relative_to(state_dir)) for p in state_dir.rglob("*")}
+        assert not [path for path in left if "t1" in path], sorted(left)
+        assert {"keys/other.key", "known_hosts/other", "block/other/0-dev_vdb1.digests"} <= left

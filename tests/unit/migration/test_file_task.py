@@ -3,6 +3,7 @@ the failures it answers before any SMS call (the work itself runs in tests/e2e).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,15 @@ import pytest
 from smsagent.agent.handler_api import CommandEnvelope
 from smsagent.agent.machine import Action, State
 from smsagent.agent.registry import HandlerRegistry
-from smsagent.agent.store import Store
+from smsagent.agent.store import Store, TaskRecord
 from smsagent.api.enums import CommandName, CommandResult
 from smsagent.api.models import Task
 from smsagent.migration.file_task import MigrateFileHandler
 from smsagent.migration.migrate import destination_root, target_address
 from smsagent.migration.options import ERROR_SETTING, TASK_TYPE
 from smsagent.migration.settings import SettingError
+from smsagent.target.session import store_private_key
+from smsagent.taskfiles import block_dir
 from tests.support.agentcore import Runner, agent_settings
 
 
@@ -86,3 +89,33 @@ class TestEarlyFailures:
         outcome = await runner.start_work(envelope)
         assert outcome.result is CommandResult.fail
         assert outcome.error_code == "SMSAGENT.NOT_REGISTERED"
+
+
+class TestOtherTasksFiles:
+    @pytest.mark.parametrize("held", ["t1", "other"])
+    async def test_a_held_tasks_command_removes_the_files_of_the_others(
+        self, tmp_path: Path, held: str
+    ) -> None:
+        """A command of the task the agent holds removes every other task's key and files (a
+        deleted or replaced task's); a command of a task the agent does not hold removes none."""
+        settings = agent_settings(tmp_path, target_root=Path("/"))
+        store = Store(settings.state_dir)
+        store.open()
+        runner = Runner(store, settings, HandlerRegistry.load())
+        for task_id in ("t1", "old", "other"):
+            store_private_key(settings.state_dir, task_id, "-----BEGIN OPENSSH PRIVATE KEY-----\n")
+            block_dir(settings.state_dir, task_id).mkdir(parents=True)
+        runner.remember(TaskRecord.new(held, TASK_TYPE, time.time()))
+        envelope = CommandEnvelope(
+            CommandName.START, Action.start_task, 1, "t1", TASK_TYPE, task(migration_ip="10.0.0.5")
+        )
+
+        outcome = await runner.start_work(envelope)
+
+        assert outcome.error_code == ERROR_SETTING  # the target root `/`, after the clean-up
+        keys = sorted(path.name for path in (settings.state_dir / "keys").iterdir())
+        blocks = sorted(path.name for path in (settings.state_dir / "block").iterdir())
+        if held == "t1":
+            assert (keys, blocks) == (["t1.key"], ["t1"])
+        else:
+            assert (keys, blocks) == (["old.key", "other.key", "t1.key"], ["old", "other", "t1"])

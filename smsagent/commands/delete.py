@@ -22,7 +22,8 @@ class DeleteHandler:
         """Stop, forget, answer success (also when there was nothing to forget)."""
         await stop_work(ctx, command)
         forgotten = await ctx.forget_task()
-        if ctx.task_id and ctx.task_record() is None:
+        # Held or not, the task is not held now: its files are leftovers either way.
+        if ctx.task_id:
             kept = await asyncio.to_thread(remove_task_files, ctx.settings.state_dir, ctx.task_id)
             if kept:
                 ctx.log.warning("task_files_kept", paths=[str(path) for path in kept])

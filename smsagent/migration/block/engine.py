@@ -315,6 +315,8 @@ class BlockChannel:
             writer.close()
             raise ChannelError(ERROR_TLS_PEER, "the target's data certificate is not the task's")
         hello = {
+            # Batches of a third of the window: the target flushes one while the next arrives.
+            "ack_bytes": self._options.window_bytes // 3,
             "version": wire.PROTOCOL_VERSION,
             "volumes": [
                 {"index": v.index, "path": v.target_device, "size": v.used.size} for v in volumes

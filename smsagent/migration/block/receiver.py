@@ -19,15 +19,23 @@ Per connection:
     target -> ACK(seq): every frame up to `seq` is written and fsync'd
               NACK(seq): frame `seq` did not match its digest; the target drops every frame
               until `seq` arrives again (the source goes back to it)
+
+Two threads serve a connection. The network thread receives, decodes and checks each frame and
+sends the replies (the TLS connection is never used from two threads); the disk thread writes
+the checked frames in order and fsyncs them in batches. So receiving goes on while the disk
+writes and flushes, which on a real disk is most of a batch's time.
 """
 
 # It runs on the target's Python, which may be as old as 3.6: no `from __future__ import
 # annotations`, `typing` generics and %-formatting are kept on purpose.
 # ruff: noqa: UP006, UP031, UP035, PTH108, PTH118
 
+import collections
 import contextlib
+import errno
 import fcntl
 import json
+import mmap
 import os
 import select
 import shutil
@@ -38,7 +46,7 @@ import sys
 import tempfile
 import threading
 import zlib
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Deque, Dict, Optional
 
 PROTOCOL_VERSION = 1
 # kind(1) volume(2) seq(8) offset(8) length(4) codec(1) payload(4) crc32(4), network order.
@@ -65,9 +73,17 @@ CODEC_ZLIB = 2
 
 MAX_CHUNK = 64 * 1024 * 1024
 MAX_MESSAGE = 1024 * 1024
-# A batch is acknowledged once this much is written, or when the source pauses.
+# A batch is acknowledged once this much is written, or when the source pauses; the source may
+# ask for smaller batches (a third of what it keeps in flight), within these bounds.
 ACK_BYTES = 16 * 1024 * 1024
+MIN_ACK_BYTES = 1024 * 1024
+# Checked frames waiting for the disk thread, at most (the network thread waits beyond it).
+QUEUE_BYTES = 32 * 1024 * 1024
 ZERO_SPAN = 1024 * 1024
+# Direct writes: offsets and lengths in multiples of this (any logical block size up to it);
+# copied through an aligned buffer of DIRECT_BUFFER bytes.
+DIRECT_ALIGN = 4096
+DIRECT_BUFFER = 4 * 1024 * 1024
 BLKZEROOUT = 0x127F
 BLKGETSIZE64 = 0x80081272
 BLKFLSBUF = 0x1261
@@ -142,25 +158,80 @@ def decoders() -> Dict[int, Callable[[bytes, int], bytes]]:
 
 class Volume:
     """One target device this receiver may write, opened exclusively (a mounted or otherwise
-    claimed device refuses the open, so the receiver never writes one in use)."""
+    claimed device refuses the open, so the receiver never writes one in use).
+
+    Writes bypass the target's page cache (O_DIRECT) where the device allows it: the data is
+    copied once, into an aligned buffer, instead of into the cache and out again at the fsync,
+    and the target's memory is left to its own system.
+    """
 
     def __init__(self, path: str, size: int) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+        flags = os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC
+        try:
+            self.fd = os.open(path, flags | os.O_DIRECT)
+            self.direct = True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: no direct I/O on this file system
+                raise
+            self.fd = os.open(path, flags)
+            self.direct = False
         actual = device_size(self.fd)
         if actual < size:
             os.close(self.fd)
             raise ProtocolError("%s holds %d bytes, fewer than the %d sent" % (path, actual, size))
         self.size = actual
         self.dirty = False
+        self._buffer: Optional[mmap.mmap] = None
 
     def write(self, offset: int, data: bytes) -> None:
-        view = memoryview(data)
+        if self.direct and offset % DIRECT_ALIGN == 0 and len(data) % DIRECT_ALIGN == 0:
+            try:
+                self._write_direct(offset, data)
+                self.dirty = True
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._set_direct(False)  # the device refuses direct writes: buffered from now
+        elif self.direct:
+            # An unaligned piece (a device's last sub-block): buffered, the fsync covers it.
+            self._set_direct(False)
+            try:
+                self._write_all(offset, memoryview(data))
+            finally:
+                self._set_direct(True)
+            self.dirty = True
+            return
+        self._write_all(offset, memoryview(data))
+        self.dirty = True
+
+    def _write_direct(self, offset: int, data: bytes) -> None:
+        if self._buffer is None:
+            self._buffer = mmap.mmap(-1, DIRECT_BUFFER)  # page-aligned, as O_DIRECT needs
+        buffer = memoryview(self._buffer)
+        source = memoryview(data)
+        try:
+            while source:
+                size = min(len(source), DIRECT_BUFFER)
+                buffer[:size] = source[:size]
+                self._write_all(offset, buffer[:size])
+                source = source[size:]
+                offset += size
+        finally:
+            buffer.release()
+
+    def _write_all(self, offset: int, view: memoryview) -> None:
         while view:
             written = os.pwrite(self.fd, view, offset)
             view = view[written:]
             offset += written
-        self.dirty = True
+
+    def _set_direct(self, direct: bool) -> None:
+        flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+        flags = flags | os.O_DIRECT if direct else flags & ~os.O_DIRECT
+        fcntl.fcntl(self.fd, fcntl.F_SETFL, flags)
+        self.direct = direct
 
     def zero(self, offset: int, length: int) -> None:
         try:
@@ -180,6 +251,12 @@ class Volume:
 
     def close(self) -> None:
         os.close(self.fd)
+        buffer, self._buffer = self._buffer, None
+        # After a failed write its traceback may still hold a view of the buffer: then the
+        # buffer is freed with that traceback, not here.
+        if buffer is not None:
+            with contextlib.suppress(BufferError):
+                buffer.close()
 
 
 def flush_cache(descriptor: int) -> None:
@@ -197,8 +274,104 @@ def device_size(fd: int) -> int:
         return os.fstat(fd).st_size  # a regular file (tests of the wire format)
 
 
+class DiskWriter:
+    """The disk thread of a connection: writes checked frames in order, fsyncs them in batches
+    of `batch_bytes` (or when asked: the source paused), and tells the network thread, through
+    a pipe it can select on, which frame is durable."""
+
+    def __init__(self, batch_bytes: int) -> None:
+        self.batch_bytes = batch_bytes
+        self.wake_read, self.wake_write = os.pipe()
+        self.durable: Optional[int] = None  # every frame up to this seq is on disk
+        self.error: Optional[BaseException] = None
+        self._items: Deque[Any] = collections.deque()
+        self._queued_bytes = 0
+        self._busy = False
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="disk", daemon=True)
+        self._thread.start()
+
+    def write(
+        self, seq: int, volume: Volume, offset: int, data: Optional[bytes], length: int
+    ) -> None:
+        """Queue one checked frame (`data` None: zeros); waits while the queue is full."""
+        with self._ready:
+            while self._queued_bytes >= QUEUE_BYTES and self.error is None:
+                self._ready.wait()
+            self._items.append((seq, volume, offset, data, length))
+            self._queued_bytes += len(data) if data is not None else 0
+            self._ready.notify_all()
+
+    def sync(self) -> None:
+        """Ask for the frames queued so far to be made durable (skipped when more follow)."""
+        with self._ready:
+            self._items.append(None)
+            self._ready.notify_all()
+
+    def idle(self) -> None:
+        """Wait until every queued frame is written and durable."""
+        self.sync()
+        with self._ready:
+            while (self._items or self._busy) and self.error is None:
+                self._ready.wait()
+
+    def close(self) -> None:
+        with self._ready:
+            self._items.append(STOP)
+            self._ready.notify_all()
+        self._thread.join()
+        os.close(self.wake_read)
+        os.close(self.wake_write)
+
+    def _run(self) -> None:
+        dirty: Dict[int, Volume] = {}
+        unsynced = 0
+        last: Optional[int] = None
+        try:
+            while True:
+                with self._ready:
+                    self._busy = False
+                    self._ready.notify_all()
+                    while not self._items:
+                        self._ready.wait()
+                    item = self._items.popleft()
+                    self._busy = True
+                    more = bool(self._items)
+                    if item is not None and item is not STOP and item[3] is not None:
+                        self._queued_bytes -= len(item[3])
+                        self._ready.notify_all()
+                if item is STOP:
+                    return
+                if item is not None:
+                    seq, volume, offset, data, length = item
+                    if data is None:
+                        volume.zero(offset, length)
+                    else:
+                        volume.write(offset, data)
+                        unsynced += length
+                    dirty[id(volume)] = volume
+                    last = seq
+                if last is None or (unsynced < self.batch_bytes and (item is not None or more)):
+                    continue
+                for volume in dirty.values():
+                    volume.sync()
+                dirty.clear()
+                unsynced = 0
+                self.durable, last = last, None
+                os.write(self.wake_write, b"x")
+        except BaseException as exc:  # the network thread reports it and ends the connection
+            self.error = exc
+            with self._ready:
+                self._busy = False
+                self._ready.notify_all()
+            os.write(self.wake_write, b"x")
+
+
+STOP = object()
+
+
 class Session:
-    """One source connection: check each frame, write it, acknowledge what is on disk."""
+    """One source connection: check each frame, have it written, acknowledge what is on disk."""
 
     def __init__(self, sock: Any, allowed: Dict[str, int]) -> None:
         self.sock = sock
@@ -207,8 +380,13 @@ class Session:
         self.codecs = decoders()
         self.expected = 0  # the seq of the next frame to accept
         self.waiting_for: Optional[int] = None  # a NACKed seq: frames are dropped until it
-        self.unacked_bytes = 0
-        self.last_written: Optional[int] = None
+        self.acked: Optional[int] = None
+        self._disk: Optional[DiskWriter] = None
+
+    @property
+    def disk(self) -> DiskWriter:
+        assert self._disk is not None, "the disk thread starts with the connection"
+        return self._disk
 
     def serve(self) -> None:
         hello = read_message(self.sock, HELLO)
@@ -223,6 +401,8 @@ class Session:
         except (OSError, ProtocolError) as exc:
             self.sock.sendall(pack_message(ERROR, {"error": str(exc)}))
             raise
+        batch = int(hello.get("ack_bytes") or ACK_BYTES)
+        self._disk = DiskWriter(max(MIN_ACK_BYTES, min(batch, ACK_BYTES)))
         ready = {
             "codecs": sorted(self.codecs),
             "digests": block_digest() is not None,
@@ -233,23 +413,24 @@ class Session:
             while self.frame():
                 pass
         finally:
+            self.disk.close()
             for volume in self.volumes.values():
                 volume.close()
 
     def frame(self) -> bool:
-        header = self.sock.recv(HEADER.size)
-        if not header:
+        header = self.next_header()
+        if header is None:
             return False
-        if len(header) < HEADER.size:
-            header += read_exact(self.sock, HEADER.size - len(header))
-        kind, index, seq, offset, length, codec, size, digest = HEADER.unpack(header)
+        kind, index, seq, offset, length, codec, size, digest = header
         if size > MAX_CHUNK or length > MAX_CHUNK:
             raise ProtocolError("frame %d is larger than %d bytes" % (seq, MAX_CHUNK))
         payload = read_exact(self.sock, size) if size else b""
         if kind == FLUSH:
-            self.acknowledge()
+            self.disk.sync()
             return True
         if kind == HASH:
+            self.disk.idle()
+            self.acknowledge()
             self.send_digests(index, json.loads(payload.decode("utf-8")))
             return True
         if kind not in (DATA, ZERO):
@@ -261,37 +442,46 @@ class Session:
         volume = self.volumes.get(index)
         if volume is None or offset + length > volume.size:
             raise ProtocolError("frame %d is outside the devices of this task" % seq)
-        if not self.store(volume, kind, offset, length, codec, payload, digest):
-            self.waiting_for = seq
-            self.sock.sendall(REPLY.pack(NACK, seq))
-            return True
+        data = None
+        if kind == DATA:
+            data = self.checked(codec, payload, length, digest)
+            if data is None:
+                self.waiting_for = seq
+                self.sock.sendall(REPLY.pack(NACK, seq))
+                return True
         self.waiting_for = None
         self.expected = seq + 1
-        self.last_written = seq
-        self.unacked_bytes += length if kind == DATA else 0
-        if self.unacked_bytes >= ACK_BYTES or not self.more_waiting():
-            self.acknowledge()
+        self.disk.write(seq, volume, offset, data, length)
+        if not self.more_waiting():
+            self.disk.sync()  # the source paused
+        self.acknowledge()
         return True
 
-    def store(
-        self,
-        volume: Volume,
-        kind: int,
-        offset: int,
-        length: int,
-        codec: int,
-        payload: bytes,
-        digest: int,
-    ) -> bool:
-        """Write one frame's data; False (nothing written) when it does not match its digest."""
-        if kind == ZERO:
-            volume.zero(offset, length)
-            return True
+    def checked(self, codec: int, payload: bytes, length: int, digest: int) -> Optional[bytes]:
+        """A data frame's bytes, or None when they do not match its digest."""
         data = self.decode(codec, payload, length)
         if data is None or len(data) != length or crc(data) != digest:
-            return False
-        volume.write(offset, data)
-        return True
+            return None
+        return data
+
+    def next_header(self) -> Optional[Any]:
+        """The next frame's header fields, or None when the source closed the connection.
+        While it waits, batches the disk thread made durable are acknowledged; a disk error
+        is raised (the connection ends, the source resumes)."""
+        disk = self.disk
+        while not self.sock.pending():
+            readable, _, _ = select.select([self.sock, disk.wake_read], [], [])
+            if disk.wake_read in readable:
+                os.read(disk.wake_read, 4096)
+                self.acknowledge()
+            if self.sock in readable:
+                break
+        header = self.sock.recv(HEADER.size)
+        if not header:
+            return None
+        if len(header) < HEADER.size:
+            header += read_exact(self.sock, HEADER.size - len(header))
+        return HEADER.unpack(header)
 
     def send_digests(self, index: int, request: Dict[str, Any]) -> None:
         """The digests of what the target holds in the sub-blocks asked for (after the target's
@@ -332,13 +522,14 @@ class Session:
         return bool(readable)
 
     def acknowledge(self) -> None:
-        """Make everything written so far durable, then acknowledge the last frame written."""
-        if self.waiting_for is not None or self.last_written is None:
-            return
-        for volume in self.volumes.values():
-            volume.sync()
-        self.unacked_bytes = 0
-        self.sock.sendall(REPLY.pack(ACK, self.last_written))
+        """Acknowledge the last frame the disk thread made durable, once."""
+        disk = self.disk
+        if disk.error is not None:
+            raise disk.error
+        durable = disk.durable
+        if durable is not None and durable != self.acked:
+            self.acked = durable
+            self.sock.sendall(REPLY.pack(ACK, durable))
 
 
 def server_context(config: Dict[str, Any], workdir: str) -> ssl.SSLContext:

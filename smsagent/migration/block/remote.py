@@ -1,11 +1,13 @@
 """Starting the block receiver on the target over the task's SSH session.
 
 The receiver's own text (`receiver.py`) travels on ssh's stdin with its configuration, and the
-target's `python3` runs it from memory: nothing is installed on the target. When the target's
-Python can load the agent's compiled `zstandard` and `xxhash` (same interpreter version and
-machine), those travel too, into a private temporary directory the receiver removes when it
-ends. Otherwise the channel compresses with zlib, which every Python has, and the target cannot
-report digests: after the target's own tools wrote to a volume, its whole table is forgotten.
+target's `python3` runs it from memory: nothing is installed on the target. The target's Python
+first says which interpreter and machine it is; when it can load the agent's compiled
+`zstandard` and `xxhash` (the same interpreter version and machine), those travel too, into a
+private temporary directory the receiver removes when it ends. One ssh connection and one
+Python start do both: a start costs one SSH handshake. Otherwise the channel compresses with
+zlib, which every Python has, and the target cannot report digests: after the target's own tools
+wrote to a volume, its whole table is forgotten.
 
 The ssh client stays open for the receiver's life: its stdin is the receiver's lease, so the
 receiver ends when the agent ends the session, stops, or is killed (its leftover ssh clients
@@ -34,10 +36,13 @@ from smsagent.target.session import TargetError, TargetSession
 
 ERROR_RECEIVER: Final = "SMSAGENT.BLOCK_RECEIVER"
 START_TIMEOUT_S: Final = 60.0
-PROBE_TIMEOUT_S: Final = 30.0
-# Reads its configuration, unpacks the modules it was sent, and runs the receiver's text.
+_PYTHON: Final = "SMSAGENT-RECEIVER-PYTHON"
+# Says which Python it is, reads its configuration, unpacks the modules it was sent, and runs
+# the receiver's text.
 _BOOTSTRAP: Final = """
-import base64, io, json, os, shutil, sys, tarfile, tempfile
+import base64, io, json, os, platform, shutil, sys, tarfile, tempfile
+sys.stdout.write("%s %s %s\\n" % (@PYTHON@, sys.implementation.cache_tag, platform.machine()))
+sys.stdout.flush()
 config = json.loads(sys.stdin.buffer.readline())
 workdir = tempfile.mkdtemp(prefix="smsagent-receiver-")
 config["workdir"] = workdir
@@ -48,9 +53,9 @@ if config.get("modules_tgz"):
 namespace = {"__name__": "smsagent_block_receiver"}
 exec(compile(config.pop("source"), "smsagent-block-receiver", "exec"), namespace)
 namespace["serve"](config, sys.stdout)
-"""
+""".replace("@PYTHON@", repr(_PYTHON))
+_THIS_PYTHON: Final = f"{sys.implementation.cache_tag} {platform.machine()}"
 _RECEIVER_TEXT: Final = Path(wire.__file__).read_text(encoding="utf-8")
-_PROBE: Final = "import sys, platform; print(sys.implementation.cache_tag, platform.machine())"
 
 
 @dataclass
@@ -92,7 +97,6 @@ async def start_receiver(
     Raises:
         TargetError: ssh failed, or the receiver did not start (the port taken, no python3).
     """
-    modules = await _module_bundle(session) if ship_modules else None
     config: dict[str, Any] = {
         **tls_config,
         "devices": devices,
@@ -100,8 +104,6 @@ async def start_receiver(
         "bind": bind,
         "source": _RECEIVER_TEXT,
     }
-    if modules is not None:
-        config["modules_tgz"] = modules
     remote = shlex.join(["python3", "-c", _BOOTSTRAP])
     argv = [*session.ssh_argv(), "--", session.host, remote]
     process = await asyncio.create_subprocess_exec(
@@ -113,16 +115,30 @@ async def start_receiver(
         start_new_session=True,
     )
     assert process.stdin is not None and process.stdout is not None
-    process.stdin.write(json.dumps(config).encode("utf-8") + b"\n")
+    # Packed while ssh connects: it takes a tenth of a second, the handshake longer.
+    bundle = asyncio.ensure_future(asyncio.to_thread(_local_bundle)) if ship_modules else None
     lines: list[str] = []
+    listening = None
     try:
-        await process.stdin.drain()
-        listening = await asyncio.wait_for(_listening(process.stdout, lines), START_TIMEOUT_S)
-    except (OSError, asyncio.TimeoutError) as exc:
+        python = await asyncio.wait_for(_line(process.stdout, lines, _PYTHON), START_TIMEOUT_S)
+        if python is not None:
+            modules = await bundle if bundle is not None else None
+            if modules is not None and python == _THIS_PYTHON:
+                config["modules_tgz"] = modules
+            process.stdin.write(json.dumps(config).encode("utf-8") + b"\n")
+            await process.stdin.drain()
+            found = await asyncio.wait_for(
+                _line(process.stdout, lines, wire.LISTENING), START_TIMEOUT_S
+            )
+            listening = int(found) if found is not None else None
+    except (OSError, ValueError, asyncio.TimeoutError) as exc:
         kill_group(process)
         await process.wait()
         detail = lines[-1] if lines else str(exc) or "no answer"
         raise TargetError(ERROR_RECEIVER, f"the block receiver did not start: {detail}") from exc
+    finally:
+        if bundle is not None:
+            bundle.cancel()
     if listening is None:
         await process.wait()
         detail = lines[-1] if lines else f"exit {process.returncode}"
@@ -132,14 +148,16 @@ async def start_receiver(
     return receiver
 
 
-async def _listening(stdout: asyncio.StreamReader, lines: list[str]) -> Optional[int]:
+async def _line(stdout: asyncio.StreamReader, lines: list[str], marker: str) -> Optional[str]:
+    """What follows `marker` on the next line that starts with it (other lines are kept in
+    `lines`); None when the output ends first."""
     while True:
         raw = await stdout.readline()
         if not raw:
             return None
         line = raw.decode("utf-8", "replace").rstrip()
-        if line.startswith(wire.LISTENING):
-            return int(line.split()[-1])
+        if line.startswith(marker + " "):
+            return line[len(marker) + 1 :]
         lines.append(line[-500:])
 
 
@@ -161,21 +179,14 @@ SHIPPED_MODULES: Final = {
 }
 
 
-async def _module_bundle(session: TargetSession) -> Optional[str]:
-    """The agent's compiled helper packages as base64 tar.gz, when the target's Python is the
-    same interpreter version on the same machine (so their compiled parts load there)."""
+def _local_bundle() -> Optional[str]:
+    """The agent's compiled helper packages as base64 tar.gz, or None when it has none."""
     packages = {}
     for name in SHIPPED_MODULES:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.origin is not None:
             packages[name] = Path(spec.origin).parent
-    if not packages:
-        return None
-    probe = await session.run(("python3", "-c", _PROBE), PROBE_TIMEOUT_S)
-    wanted = f"{sys.implementation.cache_tag} {platform.machine()}"
-    if not probe.ok or probe.stdout.decode("utf-8", "replace").strip() != wanted:
-        return None
-    return await asyncio.to_thread(_pack, packages)
+    return _pack(packages) if packages else None
 
 
 def _pack(packages: dict[str, Path]) -> str:

@@ -20,12 +20,13 @@ import pytest
 import structlog
 
 from smsagent.migration.block import receiver as wire
+from smsagent.migration.block import remote
 from smsagent.migration.block.digests import DigestTable
 from smsagent.migration.block.engine import BlockChannel, ChannelError, ChannelOptions, PassReport
 from smsagent.migration.block.extents import used_map
 from smsagent.migration.block.sender import PassCounters, PassVolume, Tamper
 from smsagent.migration.block.tls import TlsMaterial
-from smsagent.target.session import TargetSession
+from smsagent.target.session import TargetError, TargetSession
 from tests.support import blockcopy
 from tests.support.blocktls import CertKey, issue, make_ca, make_cert_key
 from tests.support.target import TargetHost
@@ -451,3 +452,39 @@ def test_a_sync_after_the_target_was_written_restores_the_source(
     blockcopy.write_files(rig.source_root, 2, 100 * 1024, seed="source-changed")
     copy_frozen(rig, channel(rig, target_session), table)
     assert_identical(rig)
+
+
+def test_a_target_python_that_cannot_load_the_agents_modules_gets_zlib(
+    rig: Rig, target_session: TargetSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another interpreter on the target (say the agent runs 3.11 and the target 3.6): the
+    compiled `zstandard` and `xxhash` do not travel, the copy compresses with zlib, and the
+    target reports no digests, so a reconcile forgets the whole table."""
+    monkeypatch.setattr(remote, "_THIS_PYTHON", "cpython-36 x86_64")
+    table = rig.table()
+    chan = channel(rig, target_session)
+
+    async def copy_then_reconcile() -> tuple[PassReport, int | None]:
+        try:
+            report = await chan.run_pass([rig.volume(table)])
+            return report, await chan.reconcile(rig.volume(table))
+        finally:
+            await chan.close()
+
+    with frozen(rig):
+        report, forgotten = asyncio.run(copy_then_reconcile())
+    # Compressed: by zlib, the one codec besides raw that a receiver without modules offers
+    # (a zstd frame would have ended the pass with "codec 1 is not available here").
+    assert 0 < report.wire_bytes < report.sent_bytes
+    assert forgotten is None  # no xxhash on the target
+    assert_identical(rig)
+
+
+def test_a_receiver_that_cannot_start_is_a_clear_error(
+    rig: Rig, target_session: TargetSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        remote, "_BOOTSTRAP", "import sys; sys.stderr.write('no such module: ssl\\n'); sys.exit(3)"
+    )
+    with pytest.raises(TargetError, match="did not start: no such module: ssl"):
+        asyncio.run(copy(channel(rig, target_session), rig.volume(rig.table())))

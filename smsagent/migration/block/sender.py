@@ -16,14 +16,20 @@ import asyncio
 import concurrent.futures
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from smsagent.migration.block import receiver as wire
 from smsagent.migration.block.digests import DigestTable
 from smsagent.migration.block.extents import UsedMap
-from smsagent.migration.block.source import Piece, VolumeReader, changed_chunk, chunk_spans
+from smsagent.migration.block.source import (
+    Chunk,
+    Piece,
+    VolumeReader,
+    changed_chunk,
+    chunk_spans,
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,19 @@ class PassCounters:
     positions: dict[int, int] = field(default_factory=dict)  # volume -> acknowledged end
 
 
+Encoded = tuple[int, bytes, int]
+"""A piece ready for the wire: its codec, its payload and the CRC32 of its source bytes."""
+
 Tamper = Callable[[int, bytes], bytes]
 """Test hook: given a frame's seq and payload as sent the first time, the payload to send."""
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """A chunk being read ahead: its length (counted in the window) and its result."""
+
+    length: int
+    chunk: asyncio.Future[Chunk]
 
 
 @dataclass
@@ -64,7 +81,7 @@ class _Frame:
     end: int  # the volume offset the resume point reaches once this frame is acknowledged
     header: bytes = b""
     payload: bytes = b""
-    ready: Optional[asyncio.Future[tuple[int, bytes]]] = None
+    ready: Optional[asyncio.Future[Encoded]] = None
 
 
 class BlockSender:
@@ -105,11 +122,14 @@ class BlockSender:
         self._on_ack = on_ack
         self._tamper = tamper
         self.counters = PassCounters()
-        self._inflight: deque[_Frame] = deque()
+        self._inflight: deque[_Frame] = deque()  # queued, not yet acknowledged
+        self._unsent: deque[_Frame] = deque()  # queued, not yet sent
         self._inflight_bytes = 0
+        self._reading_bytes = 0  # read, or being read, and not yet queued
         self._window_open = asyncio.Event()
+        self._wake_transmitter = asyncio.Event()
+        self._flush_wanted = False
         self._rewind: Optional[int] = None
-        self._acked: Optional[int] = None
         self._seq = 0
         self._failure: Optional[BaseException] = None
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -125,42 +145,70 @@ class BlockSender:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 self._threads, thread_name_prefix="smsagent-compress"
             )
-        acks = asyncio.ensure_future(self._read_replies())
+        tasks = [
+            asyncio.ensure_future(self._read_replies()),
+            asyncio.ensure_future(self._transmit()),
+        ]
         try:
             for volume in volumes:
                 self.counters.positions.setdefault(volume.index, volume.start)
                 await self._send_volume(volume)
-            await self._send_flush()
+            self._flush_wanted = True
+            self._wake_transmitter.set()
             await self._until_acked()
             for volume in volumes:
                 self.counters.positions[volume.index] = volume.used.size
         finally:
-            acks.cancel()
-            await asyncio.gather(acks, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
         return self.counters
 
     async def _send_volume(self, volume: PassVolume) -> None:
+        """Read the volume's chunks one ahead of the one being queued (a read overlaps the
+        compression and sending of the chunk before it), within the window."""
         reader = await asyncio.to_thread(VolumeReader, volume.source_device, self._chunk_bytes)
+        spans = chunk_spans(volume.used, self._chunk_bytes, volume.start)
+        reading: Optional[_Reading] = None
         try:
-            zeros = volume.used.whole
-            for offset, length in chunk_spans(volume.used, self._chunk_bytes, volume.start):
-                self._checkpoint()
-                self._raise_failure()
-                await self._wait_window(length)
-                chunk = await asyncio.to_thread(
-                    changed_chunk, reader, volume.table, offset, length, zeros=zeros
-                )
+            reading = await self._read_next(reader, volume, spans)
+            while reading is not None:
+                chunk = await reading.chunk
+                following = await self._read_next(reader, volume, spans)
                 self.counters.read_bytes += chunk.read_bytes
                 if not chunk.pieces:
                     self._advance_idle(volume, chunk.end)
-                    continue
                 for number, piece in enumerate(chunk.pieces):
                     end = chunk.end if number == len(chunk.pieces) - 1 else piece.end
-                    await self._queue(volume, piece, end)
+                    self._queue(volume, piece, end)
+                self._reading_bytes -= reading.length
+                reading = following
         finally:
+            if reading is not None:
+                # Its thread still uses the reader's buffer: the reader closes after it.
+                await asyncio.gather(reading.chunk, return_exceptions=True)
+                self._reading_bytes -= reading.length
             await asyncio.to_thread(reader.close)
+
+    async def _read_next(
+        self, reader: VolumeReader, volume: PassVolume, spans: Iterator[tuple[int, int]]
+    ) -> Optional[_Reading]:
+        """Start reading the next chunk once the window has room for it; None after the last."""
+        span = next(spans, None)
+        if span is None:
+            return None
+        offset, length = span
+        self._checkpoint()
+        await self._wait_window(length)
+        self._reading_bytes += length
+        chunk = asyncio.ensure_future(
+            asyncio.to_thread(
+                changed_chunk, reader, volume.table, offset, length, zeros=volume.used.whole
+            )
+        )
+        return _Reading(length, chunk)
 
     def _advance_idle(self, volume: PassVolume, end: int) -> None:
         """A chunk with nothing to send: the resume point passes it once nothing is in flight
@@ -168,7 +216,7 @@ class BlockSender:
         if not self._inflight:
             self.counters.positions[volume.index] = end
 
-    async def _queue(self, volume: PassVolume, piece: Piece, end: int) -> None:
+    def _queue(self, volume: PassVolume, piece: Piece, end: int) -> None:
         frame = _Frame(self._seq, volume, piece, end)
         self._seq += 1
         # Invalidate before sending: if this run ends before the acknowledgement, the table
@@ -176,67 +224,78 @@ class BlockSender:
         volume.table.clear(piece.first, len(piece.digests))
         frame.ready = self._encode(piece)
         self._inflight.append(frame)
+        self._unsent.append(frame)
         self._inflight_bytes += piece.length
-        await self._transmit(frame)
+        self._wake_transmitter.set()
 
-    def _encode(self, piece: Piece) -> asyncio.Future[tuple[int, bytes]]:
+    def _encode(self, piece: Piece) -> asyncio.Future[Encoded]:
         loop = asyncio.get_running_loop()
         if piece.data is None:
-            future: asyncio.Future[tuple[int, bytes]] = loop.create_future()
-            future.set_result((wire.CODEC_RAW, b""))
+            future: asyncio.Future[Encoded] = loop.create_future()
+            future.set_result((wire.CODEC_RAW, b"", 0))
             return future
         data = piece.data
         if self._pool is None:
             future = loop.create_future()
-            future.set_result((wire.CODEC_RAW, data))
+            future.set_result((wire.CODEC_RAW, data, wire.crc(data)))
             return future
         return asyncio.wrap_future(self._pool.submit(_compress, self._codec, data))
 
-    async def _transmit(self, frame: _Frame) -> None:
-        """Send the frames up to `frame` whose encoding is ready, in order; go back after a
-        NACK. Sending never waits for an encoding beyond what the window holds."""
-        if self._rewind is not None:
-            await self._go_back()
-        # Keep the compression threads busy: wait for the oldest unsent frame only when the
-        # window is full or this is the last.
-        await self._send_ready(block=self._inflight_bytes >= self._window_bytes)
+    async def _transmit(self) -> None:
+        """The one writer of the connection: sends each queued frame, in order, as soon as
+        its encoding is ready; goes back after a NACK; flushes once all is sent and the pass
+        asks for it. A failure is kept for the pass to raise."""
+        flushed_at = -1  # the last seq a FLUSH followed
+        try:
+            while True:
+                if self._rewind is not None:
+                    await self._go_back()
+                    flushed_at = -1
+                    continue
+                if self._unsent:
+                    frame = self._unsent[0]
+                    assert frame.ready is not None
+                    codec, payload, digest = await frame.ready
+                    await self._write(frame, codec, payload, digest)
+                    self._unsent.popleft()
+                    continue
+                last = self._seq - 1
+                if self._flush_wanted and last >= 0 and flushed_at != last:
+                    self._writer.write(wire.HEADER.pack(wire.FLUSH, 0, last, 0, 0, 0, 0, 0))
+                    await self._writer.drain()
+                    flushed_at = last
+                    continue
+                self._wake_transmitter.clear()
+                await self._wake_transmitter.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the pass raises it (a dropped connection, mostly)
+            self._failure = exc
+            self._window_open.set()
 
-    async def _send_ready(self, *, block: bool) -> None:
-        while True:
-            # Acknowledgements arrive while this waits: look the queue up afresh each time.
-            frame = next((f for f in self._inflight if not f.header), None)
-            if frame is None:
-                return
-            assert frame.ready is not None
-            if not frame.ready.done() and not block:
-                return
-            codec, payload = await frame.ready
-            await self._write(frame, codec, payload, first=True)
-
-    async def _write(self, frame: _Frame, codec: int, payload: bytes, *, first: bool) -> None:
+    async def _write(self, frame: _Frame, codec: int, payload: bytes, digest: int) -> None:
         piece = frame.piece
         kind = wire.ZERO if piece.data is None else wire.DATA
-        digest = wire.crc(piece.data) if piece.data is not None else 0
         frame.header = wire.HEADER.pack(
             kind, frame.volume.index, frame.seq, piece.offset, piece.length, codec,
             len(payload), digest,
         )  # fmt: skip
         frame.payload = payload
-        if first and self._tamper is not None:
+        if self._tamper is not None:
             payload = self._tamper(frame.seq, payload)
         self._writer.write(frame.header)
         if payload:
             self._writer.write(payload)
         await self._writer.drain()
-        if first:
-            self.counters.frames += 1
-            if piece.data is None:
-                self.counters.zero_bytes += piece.length
-            else:
-                self.counters.sent_bytes += piece.length
-                self.counters.wire_bytes += len(payload)
+        self.counters.frames += 1
+        if piece.data is None:
+            self.counters.zero_bytes += piece.length
+        else:
+            self.counters.sent_bytes += piece.length
+            self.counters.wire_bytes += len(payload)
 
     async def _go_back(self) -> None:
+        """Send again every sent frame from the NACKed one on (the receiver dropped them)."""
         rewind, self._rewind = self._rewind, None
         for frame in list(self._inflight):
             if rewind is not None and frame.seq >= rewind and frame.header:
@@ -246,40 +305,28 @@ class BlockSender:
                 self.counters.resent_frames += 1
         await self._writer.drain()
 
-    async def _send_flush(self) -> None:
-        while True:
-            if self._rewind is not None:
-                await self._go_back()
-            await self._send_ready(block=True)
-            if self._rewind is None:
-                break
-        last = self._seq - 1
-        if last >= 0:
-            self._writer.write(wire.HEADER.pack(wire.FLUSH, 0, last, 0, 0, 0, 0, 0))
-            await self._writer.drain()
-
-    # Both waits clear the event before they send: a reply that arrives while they send (the
-    # last acknowledgement, say) sets it again and is not lost, or they would wait for a reply
-    # that never comes.
+    # Both waits clear the event before they wait, with no await in between: a reply that
+    # arrives while they wait sets it again and is not lost.
 
     async def _until_acked(self) -> None:
         while self._inflight:
             self._raise_failure()
             self._checkpoint()
             self._window_open.clear()
-            if self._rewind is not None:
-                await self._send_flush()
             await self._window_open.wait()
         self._raise_failure()
 
     async def _wait_window(self, length: int) -> None:
-        while self._inflight and self._inflight_bytes + length > self._window_bytes:
+        """Wait until `length` more bytes fit in the window with what is in flight and what is
+        being read (acknowledgements make room; the transmitter sends meanwhile)."""
+        while (
+            self._inflight
+            and self._inflight_bytes + self._reading_bytes + length > self._window_bytes
+        ):
             self._raise_failure()
             self._window_open.clear()
-            if self._rewind is not None:
-                await self._go_back()
-            await self._send_ready(block=True)
             await self._window_open.wait()
+        self._raise_failure()
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
@@ -294,6 +341,7 @@ class BlockSender:
                     self._acknowledged(seq)
                 elif kind == wire.NACK:
                     self._rewind = seq if self._rewind is None else min(self._rewind, seq)
+                    self._wake_transmitter.set()
                 else:
                     raise wire.ProtocolError(f"unexpected reply {kind} from the receiver")
                 self._window_open.set()
@@ -317,15 +365,17 @@ class BlockSender:
             self._on_ack(counters)
 
 
-def _compress(codec: int, data: bytes) -> tuple[int, bytes]:
-    """`data` compressed with `codec`, or raw when that does not make it smaller."""
+def _compress(codec: int, data: bytes) -> Encoded:
+    """`data` compressed with `codec`, or raw when that does not make it smaller, and its CRC
+    (computed here, on a compression thread, not on the event loop)."""
+    digest = wire.crc(data)
     if codec == wire.CODEC_ZSTD:
         packed = _zstd_compressor().compress(data)
     elif codec == wire.CODEC_ZLIB:
         packed = zlib.compress(data, 1)
     else:
-        return wire.CODEC_RAW, data
-    return (codec, packed) if len(packed) < len(data) else (wire.CODEC_RAW, data)
+        return wire.CODEC_RAW, data, digest
+    return (codec, packed, digest) if len(packed) < len(data) else (wire.CODEC_RAW, data, digest)
 
 
 def _zstd_compressor() -> Any:

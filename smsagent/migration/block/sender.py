@@ -171,25 +171,26 @@ class BlockSender:
         compression and sending of the chunk before it), within the window."""
         reader = await asyncio.to_thread(VolumeReader, volume.source_device, self._chunk_bytes)
         spans = chunk_spans(volume.used, self._chunk_bytes, volume.start)
-        reading: Optional[_Reading] = None
+        reads: deque[_Reading] = deque()  # the chunk being queued, then the one read ahead
         try:
-            reading = await self._read_next(reader, volume, spans)
-            while reading is not None:
-                chunk = await reading.chunk
+            first = await self._read_next(reader, volume, spans)
+            if first is not None:
+                reads.append(first)
+            while reads:
+                chunk = await reads[0].chunk
                 following = await self._read_next(reader, volume, spans)
+                if following is not None:
+                    reads.append(following)
                 self.counters.read_bytes += chunk.read_bytes
                 if not chunk.pieces:
                     self._advance_idle(volume, chunk.end)
                 for number, piece in enumerate(chunk.pieces):
                     end = chunk.end if number == len(chunk.pieces) - 1 else piece.end
                     self._queue(volume, piece, end)
-                self._reading_bytes -= reading.length
-                reading = following
+                self._reading_bytes -= reads.popleft().length
         finally:
-            if reading is not None:
-                # Its thread still uses the reader's buffer: the reader closes after it.
-                await asyncio.gather(reading.chunk, return_exceptions=True)
-                self._reading_bytes -= reading.length
+            # A read still running uses the reader's buffer: the reader closes after it.
+            await asyncio.gather(*(r.chunk for r in reads), return_exceptions=True)
             await asyncio.to_thread(reader.close)
 
     async def _read_next(

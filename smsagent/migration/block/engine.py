@@ -25,6 +25,7 @@ from smsagent.migration.block.digests import UNKNOWN
 from smsagent.migration.block.remote import Receiver, start_receiver
 from smsagent.migration.block.sender import BlockSender, PassCounters, PassVolume, Tamper
 from smsagent.migration.block.tls import TlsMaterial, client_context, is_target
+from smsagent.migration.block.volumes import ERROR_TOO_SMALL
 from smsagent.target.session import TargetSession
 
 ERROR_CHANNEL: Final = "SMS.0807"
@@ -326,6 +327,9 @@ class BlockChannel:
             writer.write(wire.pack_message(wire.HELLO, hello))
             await writer.drain()
             ready = await asyncio.wait_for(_read_message(reader, wire.READY), HANDSHAKE_TIMEOUT_S)
+        except wire.TargetTooSmall as exc:
+            writer.close()
+            raise ChannelError(ERROR_TOO_SMALL, str(exc)) from exc
         except wire.ProtocolError as exc:
             writer.close()
             raise ChannelError(ERROR_CHANNEL, f"the block receiver refused: {exc}") from exc
@@ -391,7 +395,8 @@ async def _read_message(reader: asyncio.StreamReader, expected: int) -> dict[str
 
     body = json.loads((await reader.readexactly(size)).decode("utf-8"))
     if kind == wire.ERROR:
-        raise wire.ProtocolError(str(body.get("error", "error")))
+        text = str(body.get("error", "error"))
+        raise wire.TargetTooSmall(text) if body.get("too_small") else wire.ProtocolError(text)
     if kind != expected or not isinstance(body, dict):
         raise wire.ProtocolError(f"expected message {expected}, got {kind}")
     return body

@@ -95,6 +95,10 @@ class ProtocolError(Exception):
     """The peer sent something this protocol does not allow."""
 
 
+class TargetTooSmall(ProtocolError):
+    """A target device holds fewer bytes than its source volume: no retry helps."""
+
+
 def crc(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
@@ -179,7 +183,9 @@ class Volume:
         actual = device_size(self.fd)
         if actual < size:
             os.close(self.fd)
-            raise ProtocolError("%s holds %d bytes, fewer than the %d sent" % (path, actual, size))
+            raise TargetTooSmall(
+                "target volume %s holds %d bytes, fewer than its source's %d" % (path, actual, size)
+            )
         self.size = actual
         self.dirty = False
         self._buffer: Optional[mmap.mmap] = None
@@ -399,7 +405,8 @@ class Session:
                     raise ProtocolError("%s is not a device of this task" % path)
                 self.volumes[int(entry["index"])] = Volume(path, size)
         except (OSError, ProtocolError) as exc:
-            self.sock.sendall(pack_message(ERROR, {"error": str(exc)}))
+            refusal = {"error": str(exc), "too_small": isinstance(exc, TargetTooSmall)}
+            self.sock.sendall(pack_message(ERROR, refusal))
             raise
         batch = int(hello.get("ack_bytes") or ACK_BYTES)
         self._disk = DiskWriter(max(MIN_ACK_BYTES, min(batch, ACK_BYTES)))

@@ -72,12 +72,13 @@ def channel(
     threads: int = 2,
     tamper: Tamper | None = None,
     material: TlsMaterial | None = None,
+    devices: list[str] | None = None,
 ) -> BlockChannel:
     material = material or TlsMaterial.from_answer(rig.certkey.answer(), None)
     return BlockChannel(
         session,
         material,
-        [rig.target],
+        devices or [rig.target],
         ChannelOptions(port=8900, threads=threads, cache_bytes=4 * MIB, retry_delay_s=0.2),
         rig.workdir / "state" / "tls",
         lambda: None,
@@ -488,3 +489,24 @@ def test_a_receiver_that_cannot_start_is_a_clear_error(
     )
     with pytest.raises(TargetError, match="did not start: no such module: ssl"):
         asyncio.run(copy(channel(rig, target_session), rig.volume(rig.table())))
+
+
+def test_a_target_volume_smaller_than_its_source_is_refused_untouched(
+    rig: Rig, target_session: TargetSession
+) -> None:
+    """Not a network error to retry (SMS.0807): the task fails at once, naming the device and
+    both sizes, and nothing is written to it."""
+    small = rig.lab.device("small", SIZE_MIB - 16)
+    blockcopy.fill_random(small, 8)
+    whole = [(0, (SIZE_MIB - 16) * MIB)]
+    before = blockcopy.ranges_digest(small, whole)
+    chan = channel(rig, target_session, devices=[small])
+    volume = dataclasses.replace(rig.volume(rig.table()), target_device=small)
+
+    with pytest.raises(ChannelError) as caught:
+        asyncio.run(copy(chan, volume))
+
+    assert caught.value.error_code == "SMSAGENT.TARGET_DISK_TOO_SMALL"
+    assert small in caught.value.message
+    assert f"{(SIZE_MIB - 16) * MIB} bytes" in caught.value.message
+    assert blockcopy.ranges_digest(small, whole) == before

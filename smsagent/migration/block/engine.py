@@ -22,6 +22,7 @@ from typing import Any, Callable, Final, Optional
 
 from smsagent.migration.block import receiver as wire
 from smsagent.migration.block.digests import UNKNOWN
+from smsagent.migration.block.pacing import ReadPacer
 from smsagent.migration.block.remote import Receiver, start_receiver
 from smsagent.migration.block.sender import BlockSender, PassCounters, PassVolume, Tamper
 from smsagent.migration.block.tls import TlsMaterial, client_context, is_target
@@ -47,6 +48,7 @@ class ChannelOptions:
         nodes: cache nodes in flight (six, as SMS's agent).
         retries: reconnections in a row without progress before the pass fails.
         retry_delay_s: the wait before the first reconnection, doubled up to 30 s.
+        read_bytes_s: the source is read at this rate at most (`LINUX_IO_LIMIT`), or None.
     """
 
     port: int = 8900
@@ -57,6 +59,7 @@ class ChannelOptions:
     nodes: int = 6
     retries: int = 5
     retry_delay_s: float = 1.0
+    read_bytes_s: Optional[int] = None
 
     @property
     def window_bytes(self) -> int:
@@ -147,8 +150,12 @@ class BlockChannel:
         self,
         volumes: Sequence[PassVolume],
         on_progress: Optional[Callable[[PassCounters], None]] = None,
+        *,
+        paced: bool = True,
     ) -> PassReport:
         """One pass over `volumes`, reconnecting after a failure until it is done.
+
+        With `paced` (all but a frozen pass), the source is read within `read_bytes_s`.
 
         Raises:
             ChannelError: the channel failed `retries` times in a row without progress, or the
@@ -159,11 +166,13 @@ class BlockChannel:
         pending = list(volumes)
         failures = 0
         delay_s = self._options.retry_delay_s
+        rate = self._options.read_bytes_s
+        pacer = ReadPacer(rate) if paced and rate else None
         while True:
             self._checkpoint()
             acked_before = sum(report.positions.values())
             try:
-                counters = await self._one_connection(pending, on_progress)
+                counters = await self._one_connection(pending, on_progress, pacer)
             except _Dropped as dropped:
                 report.add(dropped.counters)
                 report.reconnects += 1
@@ -246,6 +255,7 @@ class BlockChannel:
         self,
         volumes: Sequence[PassVolume],
         on_progress: Optional[Callable[[PassCounters], None]],
+        pacer: Optional[ReadPacer],
     ) -> PassCounters:
         reader, writer, codec = await self._connect(volumes)
         sender = BlockSender(
@@ -258,6 +268,7 @@ class BlockChannel:
             checkpoint=self._checkpoint,
             on_ack=on_progress,
             tamper=self._tamper,
+            pacer=pacer,
         )
         try:
             return await sender.run(volumes)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 from smsagent.migration.block import receiver as wire
 from smsagent.migration.block.digests import DigestTable
 from smsagent.migration.block.extents import UsedMap
+from smsagent.migration.block.pacing import ReadPacer
 from smsagent.migration.block.source import (
     Chunk,
     Piece,
@@ -97,6 +98,7 @@ class BlockSender:
         checkpoint: raises to stop (STOP, shutdown); called between chunks.
         on_ack: called after each acknowledgement (to save the resume point).
         tamper: test hook on the wire.
+        pacer: holds the reads to `LINUX_IO_LIMIT`, or None.
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class BlockSender:
         checkpoint: Callable[[], None],
         on_ack: Optional[Callable[[PassCounters], None]] = None,
         tamper: Optional[Tamper] = None,
+        pacer: Optional[ReadPacer] = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -121,6 +124,7 @@ class BlockSender:
         self._checkpoint = checkpoint
         self._on_ack = on_ack
         self._tamper = tamper
+        self._pacer = pacer
         self.counters = PassCounters()
         self._inflight: deque[_Frame] = deque()  # queued, not yet acknowledged
         self._unsent: deque[_Frame] = deque()  # queued, not yet sent
@@ -203,6 +207,8 @@ class BlockSender:
         offset, length = span
         self._checkpoint()
         await self._wait_window(length)
+        if self._pacer is not None:
+            await self._pacer.take(length)
         self._reading_bytes += length
         chunk = asyncio.ensure_future(
             asyncio.to_thread(

@@ -4,7 +4,9 @@
   at most 3) or 0..3 (0 sends raw);
 * `LINUX_BLOCK_CACHE_SIZE`: one cache node in MB, 1..8 (default 4); six nodes are in flight;
 * `MIGRATE_DST_IP`: a transit address of the target the data channel connects to instead of
-  the target's own (a private line), optional.
+  the target's own (a private line), optional;
+* `LINUX_IO_LIMIT`: MiB/s, 10..1000, the rate the copy reads the source at, at most (its live
+  passes; the frozen final pass is not held back, a freeze must stay short), optional.
 
 A bad value is a `SettingError` naming the key.
 """
@@ -22,6 +24,7 @@ from smsagent.migration.settings import SettingError
 THREADS_KEY: Final = "LINUX_BLOCK_COMPRESS_THREAD_NUM"
 CACHE_KEY: Final = "LINUX_BLOCK_CACHE_SIZE"
 TRANSIT_KEY: Final = "MIGRATE_DST_IP"
+IO_LIMIT_KEY: Final = "LINUX_IO_LIMIT"
 MAX_THREADS: Final = 3
 DEFAULT_CACHE_MB: Final = 4
 MB: Final = 1024 * 1024
@@ -34,6 +37,7 @@ class BlockSettings:
     threads: int = 1
     cache_bytes: int = DEFAULT_CACHE_MB * MB
     transit_address: Optional[str] = None
+    read_bytes_s: Optional[int] = None  # LINUX_IO_LIMIT
 
 
 def idle_threads(cpu_count: Optional[int], load_1m: float) -> int:
@@ -80,7 +84,9 @@ def parse_block_settings(
             transit = str(ipaddress.ip_address(transit))
         except ValueError:
             raise SettingError(f"{TRANSIT_KEY}: {transit!r} is not an IP address") from None
-    return BlockSettings(threads, cache_mb * MB, transit)
+    raw_io = values.get(IO_LIMIT_KEY, "")
+    read_bytes_s = _whole(IO_LIMIT_KEY, raw_io, 10, 1000) * MB if raw_io else None
+    return BlockSettings(threads, cache_mb * MB, transit, read_bytes_s)
 
 
 def _whole(key: str, raw: str, low: int, high: int) -> int:

@@ -180,6 +180,7 @@ class _BlockMigration:
             cache_bytes=prepared.settings.cache_bytes,
             retries=settings.transfer_retries,
             retry_delay_s=self._options.retry_base_delay_s,
+            read_bytes_s=prepared.settings.read_bytes_s,
         )
         return BlockChannel(
             prepared.session,
@@ -486,8 +487,10 @@ class _BlockMigration:
                     remaining = limit_s - (loop.time() - started) - THAW_MARGIN_S
                     if remaining <= 0:
                         raise asyncio.TimeoutError
+                    # Not paced by LINUX_IO_LIMIT: the freeze must stay short.
                     report = await asyncio.wait_for(
-                        until_stopped(self._ctx, channel.run_pass(pass_volumes)), remaining
+                        until_stopped(self._ctx, channel.run_pass(pass_volumes, paced=False)),
+                        remaining,
                     )
                 finally:
                     self._frozen = False

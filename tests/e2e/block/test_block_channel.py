@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,13 +74,20 @@ def channel(
     tamper: Tamper | None = None,
     material: TlsMaterial | None = None,
     devices: list[str] | None = None,
+    read_bytes_s: int | None = None,
 ) -> BlockChannel:
     material = material or TlsMaterial.from_answer(rig.certkey.answer(), None)
     return BlockChannel(
         session,
         material,
         devices or [rig.target],
-        ChannelOptions(port=8900, threads=threads, cache_bytes=4 * MIB, retry_delay_s=0.2),
+        ChannelOptions(
+            port=8900,
+            threads=threads,
+            cache_bytes=4 * MIB,
+            retry_delay_s=0.2,
+            read_bytes_s=read_bytes_s,
+        ),
         rig.workdir / "state" / "tls",
         lambda: None,
         structlog.get_logger(),
@@ -510,3 +518,19 @@ def test_a_target_volume_smaller_than_its_source_is_refused_untouched(
     assert small in caught.value.message
     assert f"{(SIZE_MIB - 16) * MIB} bytes" in caught.value.message
     assert blockcopy.ranges_digest(small, whole) == before
+
+
+def test_the_io_limit_holds_back_the_reads_of_the_source(
+    rig: Rig, target_session: TargetSession
+) -> None:
+    """`LINUX_IO_LIMIT` 10 MiB/s: the pass cannot read the source faster (less one second's
+    burst), and the copy is whole."""
+    limit = 10 * MIB
+    chan = channel(rig, target_session, read_bytes_s=limit)
+    started = time.monotonic()
+    report = copy_frozen(rig, chan, rig.table())
+    took = time.monotonic() - started
+
+    assert report.read_bytes > 4 * limit  # enough to tell a paced pass from a free one
+    assert took >= (report.read_bytes - limit) / limit, (took, report.read_bytes)
+    assert_identical(rig)

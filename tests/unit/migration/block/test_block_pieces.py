@@ -110,14 +110,18 @@ def test_block_settings_are_read_with_their_ranges() -> None:
         {"config_key": "LINUX_BLOCK_COMPRESS_THREAD_NUM", "config_value": "2"},
         {"config_key": "LINUX_BLOCK_CACHE_SIZE", "config_value": "8"},
         {"config_key": "MIGRATE_DST_IP", "config_value": "192.0.2.7"},
+        {"config_key": "LINUX_IO_LIMIT", "config_value": "50"},
     ]
     settings = parse_block_settings(entries)
     assert (settings.threads, settings.cache_bytes, settings.transit_address) == (
         2, 8 * MIB, "192.0.2.7",
     )  # fmt: skip
+    assert settings.read_bytes_s == 50 * MIB
     auto = parse_block_settings([], cpu_count=lambda: 8, load=lambda: 6.5)
-    assert auto.threads == 1 and auto.cache_bytes == 4 * MIB
+    assert auto.threads == 1 and auto.cache_bytes == 4 * MIB and auto.read_bytes_s is None
     for key, value in (
+        ("LINUX_IO_LIMIT", "5"),
+        ("LINUX_IO_LIMIT", "fast"),
         ("LINUX_BLOCK_COMPRESS_THREAD_NUM", "4"),
         ("LINUX_BLOCK_CACHE_SIZE", "0"),
         ("LINUX_BLOCK_CACHE_SIZE", "big"),

@@ -288,6 +288,9 @@ class DiskWriter:
     def __init__(self, batch_bytes: int) -> None:
         self.batch_bytes = batch_bytes
         self.wake_read, self.wake_write = os.pipe()
+        # Never blocks: a full pipe wakes the network thread already, which may not read it for
+        # as long as the connection keeps it busy.
+        os.set_blocking(self.wake_write, False)
         self.durable: Optional[int] = None  # every frame up to this seq is on disk
         self.error: Optional[BaseException] = None
         self._items: Deque[Any] = collections.deque()
@@ -364,12 +367,16 @@ class DiskWriter:
                 dirty.clear()
                 unsynced = 0
                 self.durable, last = last, None
-                os.write(self.wake_write, b"x")
+                self._wake()
         except BaseException as exc:  # the network thread reports it and ends the connection
             self.error = exc
             with self._ready:
                 self._busy = False
                 self._ready.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
             os.write(self.wake_write, b"x")
 
 

@@ -90,3 +90,24 @@ def test_a_failing_disk_ends_the_connection_instead_of_hanging(tmp_path: Path) -
     finally:
         disk.close()
         volume.close()
+
+
+def test_a_wake_pipe_nobody_reads_never_stops_the_disk_thread(tmp_path: Path) -> None:
+    """While frames keep arriving the network thread may not read the wake pipe for a long
+    time: the disk thread goes on making batches durable."""
+    volume = a_volume(tmp_path, 64 * KIB)
+    disk = receiver.DiskWriter(batch_bytes=16 * 1024 * KIB)
+    try:
+        while True:  # fill the pipe as a long connection would
+            try:
+                os.write(disk.wake_write, b"x" * 4096)
+            except BlockingIOError:
+                break
+        data = os.urandom(64 * KIB)
+        for seq in range(3):
+            disk.write(seq, volume, 0, data, len(data))
+            disk.idle()
+        assert disk.durable == 2 and disk.error is None
+    finally:
+        disk.close()
+        volume.close()

@@ -46,7 +46,7 @@ import sys
 import tempfile
 import threading
 import zlib
-from typing import Any, Callable, Deque, Dict, Optional
+from typing import Any, Callable, Deque, Dict, Optional, Set
 
 PROTOCOL_VERSION = 1
 # kind(1) volume(2) seq(8) offset(8) length(4) codec(1) payload(4) crc32(4), network order.
@@ -191,26 +191,24 @@ class Volume:
         self._buffer: Optional[mmap.mmap] = None
 
     def write(self, offset: int, data: bytes) -> None:
+        self.dirty = True
         if self.direct and offset % DIRECT_ALIGN == 0 and len(data) % DIRECT_ALIGN == 0:
             try:
                 self._write_direct(offset, data)
-                self.dirty = True
                 return
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
                 self._set_direct(False)  # the device refuses direct writes: buffered from now
-        elif self.direct:
-            # An unaligned piece (a device's last sub-block): buffered, the fsync covers it.
-            self._set_direct(False)
-            try:
-                self._write_all(offset, memoryview(data))
-            finally:
-                self._set_direct(True)
-            self.dirty = True
+        if not self.direct:
+            self._write_all(offset, memoryview(data))
             return
-        self._write_all(offset, memoryview(data))
-        self.dirty = True
+        # An unaligned piece (a device's last sub-block): buffered, the fsync covers it.
+        self._set_direct(False)
+        try:
+            self._write_all(offset, memoryview(data))
+        finally:
+            self._set_direct(True)
 
     def _write_direct(self, offset: int, data: bytes) -> None:
         if self._buffer is None:
@@ -333,7 +331,7 @@ class DiskWriter:
         os.close(self.wake_write)
 
     def _run(self) -> None:
-        dirty: Dict[int, Volume] = {}
+        dirty: Set[Volume] = set()
         unsynced = 0
         last: Optional[int] = None
         try:
@@ -358,11 +356,11 @@ class DiskWriter:
                     else:
                         volume.write(offset, data)
                         unsynced += length
-                    dirty[id(volume)] = volume
+                    dirty.add(volume)
                     last = seq
                 if last is None or (unsynced < self.batch_bytes and (item is not None or more)):
                     continue
-                for volume in dirty.values():
+                for volume in dirty:
                     volume.sync()
                 dirty.clear()
                 unsynced = 0

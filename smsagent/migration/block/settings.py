@@ -19,12 +19,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Final, Optional
 
+from smsagent.api.enums import ConfigKey
+from smsagent.migration.limits import IO_MIB_S_RANGE, MIB
 from smsagent.migration.settings import SettingError
 
 THREADS_KEY: Final = "LINUX_BLOCK_COMPRESS_THREAD_NUM"
 CACHE_KEY: Final = "LINUX_BLOCK_CACHE_SIZE"
 TRANSIT_KEY: Final = "MIGRATE_DST_IP"
-IO_LIMIT_KEY: Final = "LINUX_IO_LIMIT"
+IO_LIMIT_KEY: Final = ConfigKey.LINUX_IO_LIMIT.value
 MAX_THREADS: Final = 3
 DEFAULT_CACHE_MB: Final = 4
 MB: Final = 1024 * 1024
@@ -85,7 +87,8 @@ def parse_block_settings(
         except ValueError:
             raise SettingError(f"{TRANSIT_KEY}: {transit!r} is not an IP address") from None
     raw_io = values.get(IO_LIMIT_KEY, "")
-    read_bytes_s = _whole(IO_LIMIT_KEY, raw_io, 10, 1000) * MB if raw_io else None
+    # The movers' limit, with its range and unit (limits.py); here it paces the reads.
+    read_bytes_s = _whole(IO_LIMIT_KEY, raw_io, *IO_MIB_S_RANGE) * MIB if raw_io else None
     return BlockSettings(threads, cache_mb * MB, transit, read_bytes_s)
 
 
